@@ -1,0 +1,406 @@
+//! Owns the contract between netpath's eBPF programs and user space: map names, map keys and
+//! values, counter and drop-reason numbers, flags.
+//!
+//! Rules for every type here (they are read by the kernel, by aya and by `bpftool map dump`):
+//! `#[repr(C)]`, explicit padding fields, no `bool`/`Option`/enums, sizes asserted at compile
+//! time. Addresses are 16-byte arrays with a family tag so IPv6 fits without a redesign; an IPv4
+//! address sits in bytes 0..4 and the rest is zero. Ports and other wire fields are kept in
+//! network byte order (`[u8; 2]`), so `bpftool` shows `[0, 80]` for port 80.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// Map names (at most 15 bytes: the kernel's `BPF_OBJ_NAME_LEN` - 1). They are also the pin
+/// file names under the instance's bpffs directory.
+pub mod map_name {
+    /// host-side veth ifindex -> [`super::EndpointEntry`]: who may send from that veth.
+    pub const ENDPOINTS: &str = "NP_ENDPOINTS";
+    /// endpoint address -> [`super::EndpointEntry`]: where to deliver a packet for that address.
+    pub const EP_BY_ADDR: &str = "NP_EP_BY_ADDR";
+    /// network id -> [`super::NetworkEntry`].
+    pub const NETWORKS: &str = "NP_NETWORKS";
+    /// uplink ifindex -> [`super::UplinkEntry`]: interfaces that masqueraded traffic leaves by.
+    pub const UPLINKS: &str = "NP_UPLINKS";
+    /// original-direction [`super::FlowKey`] -> [`super::ConntrackEntry`] (LRU).
+    pub const CONNTRACK: &str = "NP_CT";
+    /// reply-direction [`super::FlowKey`] as it arrives on the uplink -> [`super::NatEntry`] (LRU).
+    pub const NAT: &str = "NP_NAT";
+    /// per-CPU array of [`super::counter`] values.
+    pub const STATS: &str = "NP_STATS";
+    /// per-CPU array indexed by [`super::drop_reason`].
+    pub const DROPS: &str = "NP_DROPS";
+    /// one-element array holding [`super::DatapathConfig`].
+    pub const CONFIG: &str = "NP_CONFIG";
+    /// published (host address, port, protocol) -> [`super::PublishedPort`] (issue: published ports).
+    pub const PORTS: &str = "NP_PORTS";
+
+    /// Every map, in the order `netpath status` lists them.
+    pub const ALL: [&str; 10] = [
+        ENDPOINTS, EP_BY_ADDR, NETWORKS, UPLINKS, CONNTRACK, NAT, STATS, DROPS, CONFIG, PORTS,
+    ];
+}
+
+/// Program (function) names; also their pin file names.
+pub mod program_name {
+    /// TC ingress of the host-side veth of every endpoint: traffic leaving a container.
+    pub const FROM_ENDPOINT: &str = "np_from_ep";
+    /// TC ingress of every uplink: replies to masqueraded flows (and, later, published ports).
+    pub const FROM_UPLINK: &str = "np_uplink";
+    /// Every program, in the order `netpath status` lists them.
+    pub const ALL: [&str; 2] = [FROM_ENDPOINT, FROM_UPLINK];
+}
+
+/// Capacity of each map. Conntrack and NAT are LRU: when full, the least recently used flow is
+/// evicted instead of new flows failing.
+pub mod map_size {
+    pub const ENDPOINTS: u32 = 4096;
+    pub const EP_BY_ADDR: u32 = 4096;
+    pub const NETWORKS: u32 = 1024;
+    pub const UPLINKS: u32 = 64;
+    pub const CONNTRACK: u32 = 65536;
+    pub const NAT: u32 = 65536;
+    pub const PORTS: u32 = 65536;
+}
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// An address of either family: IPv4 in bytes 0..4 (rest zero), IPv6 in all 16.
+pub type Addr = [u8; 16];
+
+/// Builds an [`Addr`] from IPv4 octets.
+pub const fn addr_v4(octets: [u8; 4]) -> Addr {
+    let mut a = [0u8; 16];
+    a[0] = octets[0];
+    a[1] = octets[1];
+    a[2] = octets[2];
+    a[3] = octets[3];
+    a
+}
+
+/// Key of `NP_EP_BY_ADDR`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct AddrKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl AddrKey {
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        Self { addr: addr_v4(octets), family: FAMILY_IPV4, _pad: [0; 3] }
+    }
+}
+
+/// One endpoint attachment (one veth of one endpoint on one network). Value of `NP_ENDPOINTS`
+/// (keyed by `host_ifindex`) and of `NP_EP_BY_ADDR` (keyed by `addr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointEntry {
+    /// The endpoint's address on this network; the only source address it may use.
+    pub addr: Addr,
+    /// The endpoint's MAC (its `eth0` inside the namespace); the only source MAC it may use.
+    pub mac: [u8; 6],
+    pub family: u8,
+    /// Reserved for per-endpoint flags; zero today.
+    pub flags: u8,
+    /// Id of the network (key of `NP_NETWORKS`).
+    pub network_id: u32,
+    /// ifindex of the host-side veth: target of `bpf_redirect_peer` to deliver to this endpoint.
+    pub host_ifindex: u32,
+}
+
+/// Value of `NP_NETWORKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NetworkEntry {
+    pub gateway: Addr,
+    pub subnet: Addr,
+    /// The bridge's MAC: the source MAC of packets netpath delivers into an endpoint from the
+    /// outside, so the endpoint sees them come from its gateway.
+    pub gateway_mac: [u8; 6],
+    pub prefix_len: u8,
+    pub family: u8,
+    /// [`network_flags`] bits.
+    pub flags: u32,
+    pub bridge_ifindex: u32,
+}
+
+/// Bits of [`NetworkEntry::flags`].
+pub mod network_flags {
+    /// `--internal`: no traffic leaves the network except to its gateway.
+    pub const INTERNAL: u32 = 1 << 0;
+    /// `icc=false`: endpoints of this network may not reach each other.
+    pub const ICC_DISABLED: u32 = 1 << 1;
+    /// Masquerade traffic that leaves through an uplink (Docker's `ip-masquerade`, default on).
+    pub const MASQUERADE: u32 = 1 << 2;
+}
+
+/// Value of `NP_UPLINKS` (keyed by the uplink's ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct UplinkEntry {
+    /// Source address given to masqueraded traffic leaving through this uplink.
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub ifindex: u32,
+}
+
+/// A flow as it is on the wire: key of `NP_CT` and `NP_NAT`. For ICMP echo, `src_port` holds
+/// the echo identifier and `dst_port` is zero (requests and replies then share one key shape).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src_addr: Addr,
+    pub dst_addr: Addr,
+    /// Network byte order.
+    pub src_port: [u8; 2],
+    /// Network byte order.
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `NP_CT`, keyed by the flow in its original direction (endpoint -> outside).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ConntrackEntry {
+    /// The translated source address (the uplink's address for masquerade).
+    pub nat_addr: Addr,
+    /// The translated source port (or ICMP echo identifier), network byte order.
+    pub nat_port: [u8; 2],
+    /// [`ct_kind`] value.
+    pub kind: u8,
+    /// [`ct_state`] bits (TCP FIN/RST seen).
+    pub state: u8,
+    /// Uplink the flow leaves by.
+    pub uplink_ifindex: u32,
+    /// `bpf_ktime_get_ns()` of the last packet in the original direction.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Values of [`ConntrackEntry::kind`].
+pub mod ct_kind {
+    /// Source NAT of an endpoint's flow to the outside (masquerade).
+    pub const SNAT: u8 = 1;
+    /// Destination NAT of a published port (issue: published ports).
+    pub const DNAT: u8 = 2;
+}
+
+/// Bits of [`ConntrackEntry::state`].
+pub mod ct_state {
+    pub const TCP_FIN_SEEN: u8 = 1 << 0;
+    pub const TCP_RST_SEEN: u8 = 1 << 1;
+}
+
+/// Value of `NP_NAT`, keyed by the reply as it arrives on the uplink
+/// (remote -> nat_addr:nat_port): how to undo the translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatEntry {
+    /// The endpoint's own address.
+    pub orig_addr: Addr,
+    /// The endpoint's own port (or ICMP echo identifier), network byte order.
+    pub orig_port: [u8; 2],
+    pub state: u8,
+    pub _pad: [u8; 1],
+    /// Host-side veth of the endpoint: target of `bpf_redirect_peer`.
+    pub endpoint_ifindex: u32,
+    /// `bpf_ktime_get_ns()` of the last reply packet.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Value of `NP_PORTS` (published ports; keyed by [`PortKey`]). Defined now so the layout is
+/// settled before the published-port datapath lands.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortKey {
+    /// Host address the port is published on; all zero = every address (0.0.0.0 / ::).
+    pub host_addr: Addr,
+    /// Network byte order.
+    pub host_port: [u8; 2],
+    pub protocol: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct PublishedPort {
+    pub endpoint_addr: Addr,
+    /// Network byte order.
+    pub endpoint_port: [u8; 2],
+    pub family: u8,
+    /// [`port_flags`] bits.
+    pub flags: u8,
+    pub endpoint_ifindex: u32,
+}
+
+/// Bits of [`PublishedPort::flags`].
+pub mod port_flags {
+    /// Published on a loopback address: reachable from the host only.
+    pub const HOST_ONLY: u8 = 1 << 0;
+}
+
+/// Value of the one-element `NP_CONFIG` array: knobs user space sets for the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DatapathConfig {
+    /// First and last source port masquerade may hand out (host byte order).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// Idle timeouts after which a NAT mapping may be reused by another flow.
+    pub tcp_established_timeout_s: u32,
+    pub tcp_closing_timeout_s: u32,
+    pub udp_timeout_s: u32,
+    pub icmp_timeout_s: u32,
+    /// Non-zero once user space has written this entry; zero means "use the defaults below".
+    pub initialized: u32,
+}
+
+impl DatapathConfig {
+    /// Defaults, documented in README: the port range of Linux's `ip_local_port_range`, and
+    /// timeouts close to netfilter's (TCP established shortened from 5 days to 2 hours because
+    /// the LRU map reclaims idle entries anyway).
+    pub const DEFAULT: Self = Self {
+        nat_port_min: 32768,
+        nat_port_max: 60999,
+        tcp_established_timeout_s: 7200,
+        tcp_closing_timeout_s: 10,
+        udp_timeout_s: 60,
+        icmp_timeout_s: 30,
+        initialized: 1,
+    };
+}
+
+/// Indices of `NP_STATS`: what happened to packets that were not dropped.
+pub mod counter {
+    /// Delivered to another endpoint of the same network with `bpf_redirect_peer`.
+    pub const FORWARDED_LOCAL: u32 = 0;
+    /// Handed to the bridge and host stack (ARP, ND, gateway, host addresses, non-IP).
+    pub const PASSED_TO_STACK: u32 = 1;
+    /// Masqueraded and sent out of an uplink.
+    pub const SNAT_OUT: u32 = 2;
+    /// Reply of a masqueraded flow, translated back and delivered to the endpoint.
+    pub const SNAT_REPLY_IN: u32 = 3;
+    /// New masquerade mappings created.
+    pub const NAT_MAPPINGS_CREATED: u32 = 4;
+    /// Packets with TTL <= 1 handed to the stack so it can answer with ICMP time exceeded.
+    pub const TTL_TO_STACK: u32 = 5;
+    /// Published-port traffic translated to an endpoint (issue: published ports).
+    pub const DNAT_IN: u32 = 6;
+    pub const COUNT: u32 = 8;
+
+    /// `netpath stats` names, indexed by counter number ("" = unused slot).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "forwarded_local",
+        "passed_to_stack",
+        "snat_out",
+        "snat_reply_in",
+        "nat_mappings_created",
+        "ttl_to_stack",
+        "dnat_in",
+        "",
+    ];
+}
+
+/// Indices of `NP_DROPS`: every drop has one reason, like Cilium's `DROP_*`.
+pub mod drop_reason {
+    /// Headers truncated, IHL < 5, or lengths that do not add up.
+    pub const MALFORMED: u32 = 1;
+    /// Packet from a veth netpath does not know (no `NP_ENDPOINTS` entry).
+    pub const UNKNOWN_ENDPOINT: u32 = 2;
+    /// Source MAC is not the endpoint's.
+    pub const SPOOFED_MAC: u32 = 3;
+    /// Source IP is not the endpoint's.
+    pub const SPOOFED_IP: u32 = 4;
+    /// Destination is an endpoint of another network.
+    pub const NETWORK_ISOLATION: u32 = 5;
+    /// Endpoint-to-endpoint traffic inside a network with `icc=false`.
+    pub const ICC_DISABLED: u32 = 6;
+    /// Traffic from an `--internal` network to anything but its gateway.
+    pub const INTERNAL_NETWORK: u32 = 7;
+    /// No free masquerade source port after the bounded number of tries.
+    pub const NAT_PORTS_EXHAUSTED: u32 = 8;
+    /// Protocol that masquerade cannot translate (not TCP, UDP or ICMP echo).
+    pub const UNSUPPORTED_PROTOCOL: u32 = 9;
+    /// IPv4 fragment on a path that needs the L4 header (masquerade): not reassembled.
+    pub const FRAGMENT: u32 = 10;
+    /// The FIB has no route out for a packet that must leave the host.
+    pub const NO_ROUTE: u32 = 11;
+    /// `bpf_redirect*` returned an error.
+    pub const REDIRECT_FAILED: u32 = 12;
+    /// A conntrack or NAT map update failed.
+    pub const MAP_UPDATE_FAILED: u32 = 13;
+    /// A checksum or store helper failed.
+    pub const REWRITE_FAILED: u32 = 14;
+    /// A packet from another machine for a port published on a loopback address.
+    pub const HOST_ONLY_PORT: u32 = 15;
+    /// The network the endpoint belongs to has no `NP_NETWORKS` entry.
+    pub const UNKNOWN_NETWORK: u32 = 16;
+    pub const COUNT: u32 = 20;
+
+    /// `netpath stats` names, indexed by reason number ("" = unused slot).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "",
+        "malformed",
+        "unknown_endpoint",
+        "spoofed_mac",
+        "spoofed_ip",
+        "network_isolation",
+        "icc_disabled",
+        "internal_network",
+        "nat_ports_exhausted",
+        "unsupported_protocol",
+        "fragment",
+        "no_route",
+        "redirect_failed",
+        "map_update_failed",
+        "rewrite_failed",
+        "host_only_port",
+        "unknown_network",
+        "",
+        "",
+        "",
+    ];
+}
+
+// The kernel and user space must agree on these sizes byte for byte.
+const _: () = {
+    assert!(size_of::<AddrKey>() == 20);
+    assert!(size_of::<EndpointEntry>() == 32);
+    assert!(size_of::<NetworkEntry>() == 48);
+    assert!(size_of::<UplinkEntry>() == 24);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<ConntrackEntry>() == 48);
+    assert!(size_of::<NatEntry>() == 48);
+    assert!(size_of::<PortKey>() == 20);
+    assert!(size_of::<PublishedPort>() == 24);
+    assert!(size_of::<DatapathConfig>() == 24);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, `Pod` (no padding bytes, any bit pattern valid).
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for EndpointEntry {}
+    unsafe impl aya::Pod for NetworkEntry {}
+    unsafe impl aya::Pod for UplinkEntry {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConntrackEntry {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PublishedPort {}
+    unsafe impl aya::Pod for DatapathConfig {}
+}

@@ -1,0 +1,36 @@
+//! Owns the BPF map definitions. Names, key and value types come from `netpath-common`; every
+//! map is a BTF map so `bpftool map dump` prints field names.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use netpath_common::{
+    AddrKey, ConntrackEntry, DatapathConfig, EndpointEntry, FlowKey, NatEntry, NetworkEntry,
+    PortKey, PublishedPort, UplinkEntry, counter, drop_reason, map_size,
+};
+
+#[btf_map]
+pub static NP_ENDPOINTS: HashMap<u32, EndpointEntry, { map_size::ENDPOINTS as usize }> =
+    HashMap::new();
+#[btf_map]
+pub static NP_EP_BY_ADDR: HashMap<AddrKey, EndpointEntry, { map_size::EP_BY_ADDR as usize }> =
+    HashMap::new();
+#[btf_map]
+pub static NP_NETWORKS: HashMap<u32, NetworkEntry, { map_size::NETWORKS as usize }> =
+    HashMap::new();
+#[btf_map]
+pub static NP_UPLINKS: HashMap<u32, UplinkEntry, { map_size::UPLINKS as usize }> = HashMap::new();
+#[btf_map]
+pub static NP_CT: LruHashMap<FlowKey, ConntrackEntry, { map_size::CONNTRACK as usize }> =
+    LruHashMap::new();
+#[btf_map]
+pub static NP_NAT: LruHashMap<FlowKey, NatEntry, { map_size::NAT as usize }> = LruHashMap::new();
+#[btf_map]
+pub static NP_STATS: PerCpuArray<u64, { counter::COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+pub static NP_DROPS: PerCpuArray<u64, { drop_reason::COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+pub static NP_CONFIG: Array<DatapathConfig, 1> = Array::new();
+#[btf_map]
+pub static NP_PORTS: HashMap<PortKey, PublishedPort, { map_size::PORTS as usize }> =
+    HashMap::new();
