@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
     let common = root_dir.join("../netpath-common/src");
     println!("cargo:rerun-if-changed={common}");
     aya_build::build_ebpf(
-        [Package { name: "netpath-ebpf", root_dir: root_dir.as_str(), ..Default::default() }],
+        [Package {
+            name: "netpath-ebpf",
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
         Toolchain::Custom("debian"),
     )
 }

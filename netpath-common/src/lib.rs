@@ -93,7 +93,11 @@ pub struct AddrKey {
 
 impl AddrKey {
     pub const fn v4(octets: [u8; 4]) -> Self {
-        Self { addr: addr_v4(octets), family: FAMILY_IPV4, _pad: [0; 3] }
+        Self {
+            addr: addr_v4(octets),
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+        }
     }
 }
 
@@ -348,6 +352,13 @@ pub mod drop_reason {
     pub const HOST_ONLY_PORT: u32 = 15;
     /// The network the endpoint belongs to has no `NP_NETWORKS` entry.
     pub const UNKNOWN_NETWORK: u32 = 16;
+    /// A reply of a masqueraded flow arrived with TTL <= 1: it cannot be forwarded to the
+    /// endpoint, and handing it to the stack would let the host answer (TCP RST) for it.
+    pub const TTL_EXCEEDED: u32 = 17;
+    /// A masqueraded packet without DF is larger than the uplink's MTU: the stack would
+    /// fragment it and send it out without translation, so it is dropped instead (packets
+    /// with DF go to the stack, which answers "fragmentation needed").
+    pub const MTU_EXCEEDED: u32 = 18;
     pub const COUNT: u32 = 20;
 
     /// `netpath stats` names, indexed by reason number ("" = unused slot).
@@ -369,8 +380,8 @@ pub mod drop_reason {
         "rewrite_failed",
         "host_only_port",
         "unknown_network",
-        "",
-        "",
+        "ttl_exceeded",
+        "mtu_exceeded",
         "",
     ];
 }

@@ -3,18 +3,29 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod csum;
+mod fib;
+mod from_endpoint;
+mod from_uplink;
 mod maps;
+mod nat;
+mod parse;
+mod stats;
+mod zero;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
+/// TC ingress of an endpoint's host-side veth: what the container sends.
 #[classifier]
-pub fn np_from_ep(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn np_from_ep(ctx: TcContext) -> i32 {
+    from_endpoint::handle(ctx)
 }
 
+/// TC ingress of an uplink: replies to masqueraded flows (published ports next).
 #[classifier]
-pub fn np_uplink(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn np_uplink(ctx: TcContext) -> i32 {
+    from_uplink::handle(ctx)
 }
 
 #[cfg(not(test))]

@@ -32,5 +32,9 @@ pub static NP_DROPS: PerCpuArray<u64, { drop_reason::COUNT as usize }> = PerCpuA
 #[btf_map]
 pub static NP_CONFIG: Array<DatapathConfig, 1> = Array::new();
 #[btf_map]
-pub static NP_PORTS: HashMap<PortKey, PublishedPort, { map_size::PORTS as usize }> =
-    HashMap::new();
+pub static NP_PORTS: HashMap<PortKey, PublishedPort, { map_size::PORTS as usize }> = HashMap::new();
+
+/// Per-CPU working memory of masquerade (keys and entries too big for the 512-byte stack).
+/// Internal to the programs: not part of the user-space contract, never pinned.
+#[btf_map]
+pub static NP_SCRATCH: PerCpuArray<crate::nat::Scratch, 1> = PerCpuArray::new();

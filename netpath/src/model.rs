@@ -107,3 +107,11 @@ pub struct BridgeAttachment {
     pub ifname: String,
     pub state: Lifecycle,
 }
+
+impl BridgeAttachment {
+    /// Key of the record in the store: its namespace path as text (one attachment per
+    /// namespace); `delete_bridge_attachment` takes the same string.
+    pub fn store_key(&self) -> String {
+        self.netns.display().to_string()
+    }
+}

@@ -1,0 +1,120 @@
+//! Owns route lookups (`bpf_fib_lookup`) and the redirects that send a packet out: to the peer
+//! of an endpoint's veth, or out of an uplink to the next hop.
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, TC_ACT_REDIRECT, bpf_fib_lookup,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+
+use crate::{parse::Ipv4, zero::zeroed};
+
+const AF_INET: u8 = 2;
+
+/// What the FIB says about a packet that is not for the endpoint's own network.
+pub enum Route {
+    /// Leaves by `ifindex` to a next hop whose MAC is known.
+    Forward {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    /// Leaves by `ifindex`, next hop not resolved yet: `bpf_redirect_neigh` resolves it.
+    NoNeighbour { ifindex: u32 },
+    /// Leaves by `ifindex` but is larger than its MTU (GSO packets excepted).
+    FragNeeded { ifindex: u32 },
+    /// Local destination, or no way out (unreachable, prohibited, blackhole, forwarding off):
+    /// the stack delivers it or answers with ICMP; nothing leaves untranslated.
+    Stack,
+    /// The lookup itself failed.
+    Failed,
+}
+
+/// The ifindex the packet arrived on.
+#[inline(always)]
+pub fn skb_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the context pointer the program was called with.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Looks up the route of an IPv4 packet as if it were forwarded from the interface it arrived
+/// on. `tot_len` is left 0 on purpose: the kernel then checks the skb against the egress MTU
+/// with `is_skb_forwardable`, which knows GSO packets (a container's TSO send is one big skb
+/// whose IP total length exceeds the MTU but is segmented later).
+#[inline(always)]
+pub fn lookup_v4(ctx: &TcContext, ip: &Ipv4, src_port: [u8; 2], dst_port: [u8; 2]) -> Route {
+    // All zero is a valid request (plain-old-data bindgen struct).
+    let mut params = zeroed::<bpf_fib_lookup>();
+    let params = &mut params.0;
+    params.family = AF_INET;
+    params.l4_protocol = ip.protocol;
+    params.sport = u16::from_ne_bytes(src_port);
+    params.dport = u16::from_ne_bytes(dst_port);
+    params.ifindex = skb_ifindex(ctx);
+    params.__bindgen_anon_2.tos = ip.tos;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    // SAFETY: `params` is a valid, fully sized lookup struct on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Route::Failed;
+    }
+    let ifindex = params.ifindex;
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
+            ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour { ifindex },
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::FragNeeded { ifindex },
+        BPF_FIB_LKUP_RET_NOT_FWDED
+        | BPF_FIB_LKUP_RET_FWD_DISABLED
+        | BPF_FIB_LKUP_RET_BLACKHOLE
+        | BPF_FIB_LKUP_RET_UNREACHABLE
+        | BPF_FIB_LKUP_RET_PROHIBIT => Route::Stack,
+        // Lightweight tunnels and anything newer: the stack might send it out untranslated.
+        _ => Route::Failed,
+    }
+}
+
+/// True when a redirect helper accepted the redirect.
+#[inline(always)]
+fn redirected(rc: i64) -> bool {
+    rc == TC_ACT_REDIRECT as i64
+}
+
+/// Delivers into the namespace on the other end of the veth `ifindex` (skipping the host
+/// stack and the bridge). Linux >= 5.10.
+#[inline(always)]
+pub fn redirect_peer(ifindex: u32) -> bool {
+    // SAFETY: helper taking plain integers.
+    redirected(unsafe { bpf_redirect_peer(ifindex, 0) })
+}
+
+/// Sends out of `ifindex` as is (the caller has written both MACs).
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> bool {
+    // SAFETY: helper taking plain integers.
+    redirected(unsafe { bpf_redirect(ifindex, 0) })
+}
+
+/// Sends out of `ifindex`, letting the kernel resolve the next hop's MAC (and fill both MACs).
+/// Linux 5.10 has the two-argument form (ifindex, flags); passing NULL/0 for the `params`/
+/// `plen` arguments added in 5.11 keeps the call valid on both.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32) -> bool {
+    // SAFETY: NULL params (use the route's next hop) with plen 0.
+    redirected(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
+}

@@ -1,0 +1,97 @@
+//! Owns `np_uplink`, TC ingress of every uplink: replies of masqueraded flows are translated
+//! back and delivered straight into the endpoint's namespace; everything else goes to the host
+//! stack untouched.
+//!
+//! Choices for packets netpath does not translate on the uplink:
+//! - Malformed IPv4 (bad IHL, truncated, lengths that do not add up) is passed to the stack
+//!   unchanged and counted as `PASSED_TO_STACK`: the kernel validates and drops it itself, and
+//!   an uplink carries the host's own traffic, which netpath must not police. `MALFORMED` is
+//!   counted only by programs that actually drop.
+//! - Fragments, even of a masqueraded flow, go to the stack: only the first carries ports, and
+//!   netpath does not reassemble (outgoing fragments are dropped as `FRAGMENT` for the same
+//!   reason, so a masqueraded flow only gets fragments back when a remote fragments a reply).
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT, helpers::generated::bpf_ktime_get_ns, programs::TcContext,
+};
+use netpath_common::{counter, drop_reason};
+
+use crate::{
+    conntrack::{addr_key_v4, flow_key_v4, touch_nat},
+    csum, fib,
+    maps::{NP_EP_BY_ADDR, NP_NAT, NP_NETWORKS},
+    nat,
+    parse::{self, ETH_P_IP, ICMP_ECHO_REPLY, v4_of},
+    stats::{count, drop_packet, pass_to_stack},
+};
+
+pub fn handle(ctx: TcContext) -> i32 {
+    let Ok(eth) = parse::ethernet(&ctx) else {
+        return pass_to_stack();
+    };
+    if eth.ether_type != ETH_P_IP {
+        return pass_to_stack();
+    }
+    let Ok(ip) = parse::ipv4(&ctx) else {
+        return pass_to_stack();
+    };
+    if ip.is_fragment {
+        return pass_to_stack();
+    }
+    let Ok(l4) = parse::transport(&ctx, &ip, ICMP_ECHO_REPLY) else {
+        return pass_to_stack();
+    };
+    let key = flow_key_v4(ip.src, ip.dst, l4.src_port, l4.dst_port, l4.protocol);
+    let Some(nat_entry) = NP_NAT.get_ptr_mut(&key.0) else {
+        // Published ports (next issue) plug in here: a miss in NP_NAT is looked up in NP_PORTS
+        // (host address, port, protocol), translated with `nat::rewrite_destination`, recorded
+        // in NP_CT as ct_kind::DNAT and delivered like a reply below.
+        return pass_to_stack();
+    };
+    // SAFETY: a live map value; fields copied out.
+    let (orig_addr, orig_port, endpoint_ifindex) = unsafe {
+        (
+            (*nat_entry).orig_addr,
+            (*nat_entry).orig_port,
+            (*nat_entry).endpoint_ifindex,
+        )
+    };
+
+    // The endpoint must still exist on the veth the mapping was made for; a mapping left by a
+    // removed endpoint must not deliver to a new endpoint that reuses the address.
+    let Some(ep) = NP_EP_BY_ADDR.get_ptr(&addr_key_v4(v4_of(&orig_addr)).0) else {
+        return drop_packet(drop_reason::UNKNOWN_ENDPOINT);
+    };
+    // SAFETY: a live map value; fields copied out.
+    let (ep_mac, ep_ifindex, network_id) =
+        unsafe { ((*ep).mac, (*ep).host_ifindex, (*ep).network_id) };
+    if ep_ifindex != endpoint_ifindex {
+        return drop_packet(drop_reason::UNKNOWN_ENDPOINT);
+    }
+    let Some(net) = NP_NETWORKS.get_ptr(network_id) else {
+        return drop_packet(drop_reason::UNKNOWN_NETWORK);
+    };
+    // SAFETY: a live map value; field copied out.
+    let gateway_mac = unsafe { (*net).gateway_mac };
+
+    if ip.ttl <= 1 {
+        // Forwarding would need ICMP time exceeded; the stack would instead take the packet
+        // as its own (it is addressed to the uplink) and might answer with a TCP reset.
+        return drop_packet(drop_reason::TTL_EXCEEDED);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    touch_nat(nat_entry, now, ctx.len() as u64, l4.protocol, l4.tcp_flags);
+
+    if nat::rewrite_destination(&ctx, &ip, &l4, v4_of(&orig_addr), orig_port).is_err() {
+        return drop_packet(drop_reason::REWRITE_FAILED);
+    }
+    // The endpoint sees the packet come from its gateway, as if the bridge had routed it.
+    if csum::set_macs(&ctx, ep_mac, gateway_mac).is_err() {
+        return drop_packet(drop_reason::REWRITE_FAILED);
+    }
+    if !fib::redirect_peer(endpoint_ifindex) {
+        return drop_packet(drop_reason::REDIRECT_FAILED);
+    }
+    count(counter::SNAT_REPLY_IN);
+    TC_ACT_REDIRECT as i32
+}

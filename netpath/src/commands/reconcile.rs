@@ -1,0 +1,185 @@
+//! Owns convergence of kernel and store: `netpath reconcile` (also run before every change) and
+//! `netpath purge`. The store is the truth; the kernel is made to match it, and devices netpath
+//! named but no record owns are removed.
+use std::collections::BTreeSet;
+
+use netpath_common::program_name;
+
+use crate::{
+    app::{App, Result, is_netpath_device},
+    commands::{endpoint, network},
+    model::Lifecycle,
+    netns,
+};
+
+/// Brings the kernel in line with the store; returns what it changed, one line each.
+pub fn reconcile(app: &mut App) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    app.datapath()?;
+    // The default network always exists, like docker0.
+    if app.store.network(crate::model::DEFAULT_NETWORK)?.is_none() {
+        network::ensure_default(app)?;
+    }
+    // Networks: bridge present and addressed, datapath entry current.
+    let networks = app.store.networks()?;
+    for net in &networks {
+        if app.block_on(app.nl().link(&net.bridge))?.is_none() && !net.bridge_external {
+            notes.push(format!(
+                "network {}: recreated bridge {}",
+                net.name, net.bridge
+            ));
+        }
+        network::plumb_bridge(app, net)?;
+        network::install_network(app, net)?;
+    }
+    {
+        let ids: BTreeSet<u32> = networks.iter().map(|n| n.id).collect();
+        let (_, maps) = app.datapath()?;
+        for id in maps.network_ids() {
+            if !ids.contains(&id) {
+                maps.remove_network(id)?;
+                notes.push(format!("removed datapath entry of unknown network id {id}"));
+            }
+        }
+    }
+    for ep in app.store.endpoints()? {
+        notes.extend(endpoint::reconcile(app, &ep)?);
+    }
+    // Bridge attachments interrupted mid-create.
+    for rec in app.store.bridge_attachments()? {
+        if rec.state != Lifecycle::Ready {
+            let _ = app.block_on(app.nl().delete_link_named(&rec.host_veth));
+            let key = rec.netns.display().to_string();
+            app.store.write(|tx| tx.delete_bridge_attachment(&key))?;
+            notes.push(format!(
+                "removed an interrupted attach of {key} to {}",
+                rec.bridge
+            ));
+        }
+    }
+    // Orphans: netpath-named devices no record owns (e.g. a crash between create and record).
+    let mut owned: BTreeSet<String> = BTreeSet::new();
+    for ep in app.store.endpoints()? {
+        for a in &ep.attachments {
+            owned.insert(a.host_veth.clone());
+        }
+    }
+    for rec in app.store.bridge_attachments()? {
+        owned.insert(rec.host_veth.clone());
+    }
+    for net in app.store.networks()? {
+        owned.insert(net.bridge.clone());
+    }
+    let links = app.block_on(app.nl().links())?;
+    for link in links
+        .iter()
+        .filter(|l| is_netpath_device(&l.name) && !owned.contains(&l.name))
+    {
+        // A peer (`npp…`) still in the host namespace belongs to an interrupted create.
+        let _ = app.block_on(app.nl().delete_link_named(&link.name));
+        notes.push(format!("removed orphan device {}", link.name));
+    }
+    // Datapath entries for veths that no longer exist.
+    {
+        let live: BTreeSet<u32> = app
+            .block_on(app.nl().links())?
+            .iter()
+            .map(|l| l.index)
+            .collect();
+        let (dp, maps) = app.datapath()?;
+        for (ifindex, entry) in maps.endpoint_entries() {
+            if !live.contains(&ifindex) {
+                let key = netpath_common::AddrKey {
+                    addr: entry.addr,
+                    family: entry.family,
+                    _pad: [0; 3],
+                };
+                maps.remove_endpoint(ifindex, key)?;
+                notes.push(format!(
+                    "removed datapath entry of vanished interface #{ifindex}"
+                ));
+            }
+        }
+        let live_names: BTreeSet<String> = links.iter().map(|l| l.name.clone()).collect();
+        for iface in dp.attached_interfaces(program_name::FROM_ENDPOINT)? {
+            if !live_names.contains(&iface) {
+                dp.detach_ingress(&iface, program_name::FROM_ENDPOINT)?;
+            }
+        }
+    }
+    // Namespaces named for this instance (named instances only: the default instance's names
+    // carry no prefix, so they cannot be told apart from anyone else's).
+    if !app.instance.is_default() {
+        let prefix = format!("{}-", app.instance.name());
+        let known: BTreeSet<_> = app
+            .store
+            .endpoints()?
+            .into_iter()
+            .filter(|e| e.netns_owned)
+            .map(|e| e.netns)
+            .collect();
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(&prefix) && !known.contains(&entry.path()) {
+                    netns::remove(&entry.path())?;
+                    notes.push(format!("removed orphan namespace {name}"));
+                }
+            }
+        }
+    }
+    app.sync_uplinks()?;
+    Ok(notes)
+}
+
+/// Removes everything the instance made. Works from any state (also a half-broken one).
+pub fn purge(app: &mut App) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    // Sharers first, then owners.
+    let mut endpoints = app.store.endpoints()?;
+    endpoints.sort_by_key(|e| !matches!(e.mode, crate::model::EndpointMode::Container(_)));
+    for ep in endpoints {
+        endpoint::force_remove(app, &ep)?;
+        notes.push(format!("removed endpoint {}", ep.name));
+    }
+    for rec in app.store.bridge_attachments()? {
+        let _ = app.block_on(app.nl().delete_link_named(&rec.host_veth));
+        let key = rec.netns.display().to_string();
+        app.store.write(|tx| tx.delete_bridge_attachment(&key))?;
+    }
+    for net in app.store.networks()? {
+        if !net.bridge_external {
+            let _ = app.block_on(app.nl().delete_link_named(&net.bridge));
+        }
+        app.store.write(|tx| tx.delete_network(&net.name))?;
+        notes.push(format!("removed network {}", net.name));
+    }
+    let links = app.block_on(app.nl().links())?;
+    for link in links.iter().filter(|l| is_netpath_device(&l.name)) {
+        let _ = app.block_on(app.nl().delete_link_named(&link.name));
+    }
+    if let Some((dp, _)) = app.existing_datapath() {
+        for iface in dp.attached_interfaces(program_name::FROM_UPLINK)? {
+            dp.detach_ingress(&iface, program_name::FROM_UPLINK)?;
+        }
+    }
+    if !app.instance.is_default() {
+        let prefix = format!("{}-", app.instance.name());
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = netns::remove(&entry.path());
+                }
+            }
+        }
+    }
+    let pins = app.instance.pin_dir();
+    if pins.exists() {
+        std::fs::remove_dir_all(&pins).map_err(|source| crate::app::AppError::Io {
+            what: format!("remove {}", pins.display()),
+            source,
+        })?;
+        notes.push(format!("removed pins {}", pins.display()));
+    }
+    Ok(notes)
+}
