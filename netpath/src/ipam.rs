@@ -31,12 +31,6 @@ pub enum IpamError {
         network: String,
         subnet: Ipv4Cidr,
     },
-    #[error("{ip} is outside network {network}'s ip-range {range}; pick an address inside it")]
-    OutsideRange {
-        ip: Ipv4Addr,
-        network: String,
-        range: Ipv4Cidr,
-    },
     #[error("{ip} is the {what} address of network {network} ({subnet}); pick a host address")]
     Reserved {
         ip: Ipv4Addr,
@@ -307,13 +301,8 @@ pub fn allocate_ip(
                 subnet,
             });
         }
-        if let Some(range) = net.ip_range.filter(|r| !r.contains(ip)) {
-            return Err(IpamError::OutsideRange {
-                ip,
-                network: net.name.clone(),
-                range,
-            });
-        }
+        // Like Docker, a requested address may lie outside the ip-range (which only bounds
+        // automatic allocation): that is how static addresses are kept apart from dynamic ones.
         if let Some(what) = reserved_role(subnet, ip) {
             return Err(IpamError::Reserved {
                 ip,
@@ -748,12 +737,10 @@ mod tests {
             );
         }
         let ranged = network("172.17.0.0/16", "172.17.0.1", Some("172.17.1.0/24"));
-        let err = allocate_ip(&ranged, &used, Some(ip("172.17.2.9")))
-            .expect_err("outside range")
-            .to_string();
         assert_eq!(
-            err,
-            "172.17.2.9 is outside network web's ip-range 172.17.1.0/24; pick an address inside it"
+            allocate_ip(&ranged, &used, Some(ip("172.17.2.9"))).unwrap(),
+            ip("172.17.2.9"),
+            "a static address outside the ip-range but inside the subnet is allowed"
         );
     }
 

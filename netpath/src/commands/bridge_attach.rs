@@ -96,7 +96,7 @@ pub fn attach(
     let result = plumb(app, &record, br.index, br.mtu);
     if let Err(e) = result {
         let _ = app.block_on(app.nl().delete_link_named(&host_veth));
-        app.store.write(|tx| tx.delete_bridge_attachment(&key))?;
+        app.store.write(|tx| tx.delete_bridge_attachment(&record.store_key()))?;
         return Err(e);
     }
     let record = BridgeAttachment {
@@ -132,16 +132,15 @@ fn plumb(app: &App, rec: &BridgeAttachment, bridge_index: u32, mtu: u32) -> Resu
 
 pub fn detach(app: &mut App, bridge: &str, netns_arg: &str) -> Result<()> {
     let path = netns_path(netns_arg);
-    let key = path.display().to_string();
     let rec = app
         .store
         .bridge_attachments()?
         .into_iter()
         .find(|a| a.netns == path && a.bridge == bridge)
         .ok_or_else(|| {
-            AppError::NotFound(format!("{key} is not attached to {bridge} by netpath"))
+            AppError::NotFound(format!("{} is not attached to {bridge} by netpath", path.display()))
         })?;
     app.block_on(app.nl().delete_link_named(&rec.host_veth))?;
-    app.store.write(|tx| tx.delete_bridge_attachment(&key))?;
+    app.store.write(|tx| tx.delete_bridge_attachment(&rec.store_key()))?;
     Ok(())
 }

@@ -49,7 +49,11 @@ fn plan_attachment(
     ifname: String,
 ) -> Result<Attachment> {
     let requested = ip.map(|s| parse_ipv4_arg("--ip", s)).transpose()?;
-    let used = app.store.used_addresses(&net.name)?;
+    let mut used = app.store.used_addresses(&net.name)?;
+    // The config's `default-gateway` is a router on the default network: never hand it out.
+    if let Some(gw) = app.config.default_gateway.filter(|_| net.name == crate::model::DEFAULT_NETWORK) {
+        used.entry(gw).or_insert_with(|| "the config's default-gateway".into());
+    }
     let ip = ipam::allocate_ip(net, &used, requested)?;
     let mac = match mac {
         Some(m) => parse_mac(m)?,
@@ -243,7 +247,7 @@ fn realize(app: &mut App, ep: &mut Endpoint, net: Option<&Network>) -> Result<()
 
 fn write_resolv_conf(app: &App, endpoint: &str) -> Result<()> {
     let path = app.instance.resolv_conf_path(endpoint);
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let host = host_resolv_conf();
     let content = app.config.resolv_conf(&host);
     let io = |what: &str, source| AppError::Io {
         what: format!("{what} {}", path.display()),
@@ -251,6 +255,23 @@ fn write_resolv_conf(app: &App, endpoint: &str) -> Result<()> {
     };
     std::fs::create_dir_all(path.parent().expect("has parent")).map_err(|e| io("create", e))?;
     std::fs::write(&path, content).map_err(|e| io("write", e))
+}
+
+/// The host's resolver configuration. With systemd-resolved, /etc/resolv.conf names only the
+/// loopback stub (unreachable from an endpoint), so the upstream list is read instead, as
+/// Docker does.
+fn host_resolv_conf() -> String {
+    let etc = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let only_stub = etc
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .all(|ns| ns.trim().starts_with("127."));
+    if only_stub {
+        if let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            return upstream;
+        }
+    }
+    etc
 }
 
 /// One endpoint on one network: veth pair, datapath entries and program, bridge port, then the
