@@ -171,3 +171,88 @@ pub struct DetachArgs {
     pub bridge: String,
     pub netns: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("netpath").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn docker_style_commands_parse() {
+        let cli = parse(&[
+            "--instance",
+            "t1",
+            "network",
+            "create",
+            "web",
+            "--subnet",
+            "10.1.0.0/24",
+            "--internal",
+            "-o",
+            "enable_icc=false",
+        ])
+        .unwrap();
+        assert_eq!(cli.instance, "t1");
+        let Command::Network(NetworkCommand::Create(a)) = cli.command else {
+            panic!("not network create")
+        };
+        assert_eq!(
+            (a.name.as_str(), a.subnet.as_deref(), a.internal),
+            ("web", Some("10.1.0.0/24"), true)
+        );
+        assert_eq!(a.opts, vec!["enable_icc=false"]);
+
+        let cli = parse(&["endpoint", "create", "db", "--net", "container:web"]).unwrap();
+        let Command::Endpoint(EndpointCommand::Create(a)) = cli.command else {
+            panic!("not endpoint create")
+        };
+        assert_eq!(a.network, "container:web");
+        assert_eq!(
+            parse(&["endpoint", "create", "x"])
+                .map(|c| match c.command {
+                    Command::Endpoint(EndpointCommand::Create(a)) => a.network,
+                    _ => String::new(),
+                })
+                .unwrap(),
+            "bridge",
+            "the default network is `bridge`"
+        );
+        assert!(matches!(
+            parse(&["network", "ls"]).unwrap().command,
+            Command::Network(NetworkCommand::Ls)
+        ));
+        assert!(matches!(
+            parse(&["network", "list"]).unwrap().command,
+            Command::Network(NetworkCommand::Ls)
+        ));
+    }
+
+    #[test]
+    fn conflicting_or_missing_arguments_are_refused() {
+        assert!(
+            parse(&[
+                "endpoint",
+                "create",
+                "x",
+                "--netns",
+                "/run/netns/a",
+                "--pid",
+                "1"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["network", "create"]).is_err());
+        assert!(parse(&["attach", "br0", "ns"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+    }
+}

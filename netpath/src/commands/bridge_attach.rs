@@ -96,7 +96,8 @@ pub fn attach(
     let result = plumb(app, &record, br.index, br.mtu);
     if let Err(e) = result {
         let _ = app.block_on(app.nl().delete_link_named(&host_veth));
-        app.store.write(|tx| tx.delete_bridge_attachment(&record.store_key()))?;
+        app.store
+            .write(|tx| tx.delete_bridge_attachment(&record.store_key()))?;
         return Err(e);
     }
     let record = BridgeAttachment {
@@ -138,9 +139,13 @@ pub fn detach(app: &mut App, bridge: &str, netns_arg: &str) -> Result<()> {
         .into_iter()
         .find(|a| a.netns == path && a.bridge == bridge)
         .ok_or_else(|| {
-            AppError::NotFound(format!("{} is not attached to {bridge} by netpath", path.display()))
+            AppError::NotFound(format!(
+                "{} is not attached to {bridge} by netpath",
+                path.display()
+            ))
         })?;
     app.block_on(app.nl().delete_link_named(&rec.host_veth))?;
-    app.store.write(|tx| tx.delete_bridge_attachment(&rec.store_key()))?;
+    app.store
+        .write(|tx| tx.delete_bridge_attachment(&rec.store_key()))?;
     Ok(())
 }

@@ -51,8 +51,13 @@ fn plan_attachment(
     let requested = ip.map(|s| parse_ipv4_arg("--ip", s)).transpose()?;
     let mut used = app.store.used_addresses(&net.name)?;
     // The config's `default-gateway` is a router on the default network: never hand it out.
-    if let Some(gw) = app.config.default_gateway.filter(|_| net.name == crate::model::DEFAULT_NETWORK) {
-        used.entry(gw).or_insert_with(|| "the config's default-gateway".into());
+    if let Some(gw) = app
+        .config
+        .default_gateway
+        .filter(|_| net.name == crate::model::DEFAULT_NETWORK)
+    {
+        used.entry(gw)
+            .or_insert_with(|| "the config's default-gateway".into());
     }
     let ip = ipam::allocate_ip(net, &used, requested)?;
     let mac = match mac {
@@ -606,4 +611,20 @@ pub fn force_remove(app: &mut App, ep: &Endpoint) -> Result<()> {
     undo(app, ep);
     app.store.write(|tx| tx.delete_endpoint(&ep.name))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_names_are_checked() {
+        for ok in ["web", "db-1", "a.b_c", "X9"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "_x", "a b", "a/b", "../etc", &"e".repeat(49)] {
+            let err = validate_name(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid endpoint name"), "{bad}: {err}");
+        }
+    }
 }

@@ -394,3 +394,92 @@ pub fn route_gateway(app: &App, net: &Network) -> Ipv4Addr {
     }
     net.gateway
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command, NetworkCommand};
+
+    fn args(extra: &[&str]) -> NetworkCreateArgs {
+        let argv = ["netpath", "network", "create", "n"]
+            .into_iter()
+            .chain(extra.iter().copied());
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Network(NetworkCommand::Create(a)) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn opts(extra: &[&str]) -> Result<(bool, bool, Option<u32>, Option<String>)> {
+        let a = args(extra);
+        let (mut icc, mut masq, mut mtu, mut bridge) = (true, true, a.mtu, a.bridge.clone());
+        apply_opts(&a, &mut icc, &mut masq, &mut mtu, &mut bridge)?;
+        Ok((icc, masq, mtu, bridge))
+    }
+
+    #[test]
+    fn docker_driver_options_are_understood_in_long_and_short_form() {
+        assert_eq!(opts(&[]).unwrap(), (true, true, None, None));
+        assert_eq!(
+            opts(&[
+                "-o",
+                "com.docker.network.bridge.enable_icc=false",
+                "-o",
+                "enable_ip_masquerade=false"
+            ])
+            .unwrap(),
+            (false, false, None, None)
+        );
+        assert_eq!(
+            opts(&["-o", "com.docker.network.driver.mtu=1400"])
+                .unwrap()
+                .2,
+            Some(1400)
+        );
+        assert_eq!(
+            opts(&["-o", "com.docker.network.bridge.name=br-web"])
+                .unwrap()
+                .3
+                .as_deref(),
+            Some("br-web")
+        );
+    }
+
+    #[test]
+    fn bad_driver_options_say_what_is_wrong() {
+        let cases = [
+            (vec!["-o", "enable_icc"], "KEY=VALUE"),
+            (vec!["-o", "enable_icc=maybe"], "true or false"),
+            (vec!["-o", "mtu=big"], "number"),
+            (
+                vec!["-o", "com.example.unknown=1"],
+                "unknown network option",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let err = opts(&extra).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn network_names_are_checked() {
+        for ok in ["web", "my_net", "a.b-c", "N1"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "a b",
+            "a/b",
+            "host",
+            "none",
+            "container:x",
+            &"n".repeat(65),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -144,7 +144,8 @@ pub fn purge(app: &mut App) -> Result<Vec<String>> {
     }
     for rec in app.store.bridge_attachments()? {
         let _ = app.block_on(app.nl().delete_link_named(&rec.host_veth));
-        app.store.write(|tx| tx.delete_bridge_attachment(&rec.store_key()))?;
+        app.store
+            .write(|tx| tx.delete_bridge_attachment(&rec.store_key()))?;
     }
     for net in app.store.networks()? {
         if !net.bridge_external {

@@ -39,6 +39,14 @@ pub enum DatapathError {
         "this netpath binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
     )]
     NoObject,
+    #[error(
+        "this kernel is Linux {have}; netpath needs Linux >= {need} for {feature}. Upgrade the kernel"
+    )]
+    KernelTooOld {
+        have: String,
+        need: &'static str,
+        feature: &'static str,
+    },
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the kernel rejected program {name}: {source}")]
@@ -99,6 +107,22 @@ impl AttachMode {
     }
 }
 
+/// The oldest kernel netpath's programs verify and run on, and why: checked before loading so
+/// the user reads the feature and the version instead of a verifier log.
+const MIN_KERNEL: (u32, u32) = (5, 10);
+
+fn require_kernel_features() -> Result<()> {
+    let have = sys::kernel_version();
+    if have < MIN_KERNEL {
+        return Err(DatapathError::KernelTooOld {
+            have: format!("{}.{}", have.0, have.1),
+            need: "5.10",
+            feature: "bpf_redirect_peer and bpf_redirect_neigh (TC programs that deliver straight into a namespace)",
+        });
+    }
+    Ok(())
+}
+
 /// The attach mode chosen when the instance's datapath was first loaded: every later run keeps
 /// using it, so attachments of one instance never mix modes.
 fn pinned_mode(meta_dir: &Path) -> Option<AttachMode> {
@@ -142,6 +166,7 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
+        require_kernel_features()?;
         fs::create_dir_all(pin_dir.join("links")).map_err(io_err("create", pin_dir))?;
         fs::create_dir_all(meta_dir.join("netlink")).map_err(io_err("create", meta_dir))?;
         let mode_file = meta_dir.join("mode");
