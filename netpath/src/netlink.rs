@@ -344,6 +344,37 @@ impl Netlink {
     }
 }
 
+/// How the container side of a veth is set up once it is inside its namespace.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Its temporary name, as created in the host namespace.
+    pub peer: String,
+    /// Its final name (`eth0`, ...).
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    /// Default route via this gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Renames, addresses and brings up the container side of a veth inside `netns`, with its
+/// default route.
+pub fn configure_peer(netns: &Path, cfg: PeerConfig) -> Result<()> {
+    in_netns(netns, move |nl| async move {
+        let link = nl.require_link(&cfg.peer).await?;
+        nl.set_name_mac_mtu(link.index, &cfg.ifname, cfg.mac, cfg.mtu)
+            .await?;
+        nl.add_address(link.index, cfg.address, cfg.prefix).await?;
+        nl.set_up(link.index).await?;
+        if let Some(gw) = cfg.gateway {
+            nl.add_default_route(gw).await?;
+        }
+        Ok(())
+    })
+}
+
 /// Runs an async netlink session on a fresh thread inside the namespace at `netns`.
 pub fn in_netns<T, F, Fut>(netns: &Path, f: F) -> Result<T>
 where

@@ -161,6 +161,49 @@ impl Lab {
         PathBuf::from(format!("/etc/netns/{}-{name}/resolv.conf", self.instance))
     }
 
+    /// `netpath endpoint inspect NAME` as JSON.
+    pub fn endpoint_json(&self, name: &str) -> serde_json::Value {
+        let out = self.netpath_ok(&["endpoint", "inspect", name]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("endpoint inspect {name}: {e}: {out}"))
+    }
+
+    /// Address of endpoint `name` on its first network.
+    pub fn ip_of(&self, name: &str) -> Ipv4Addr {
+        let json = self.endpoint_json(name);
+        json["attachments"][0]["ip"]
+            .as_str()
+            .expect("an address")
+            .parse()
+            .expect("IPv4")
+    }
+
+    /// Address of endpoint `name` on `network`.
+    pub fn ip_on(&self, name: &str, network: &str) -> Ipv4Addr {
+        let json = self.endpoint_json(name);
+        let att = json["attachments"]
+            .as_array()
+            .expect("attachments")
+            .iter()
+            .find(|a| a["network"] == network)
+            .unwrap_or_else(|| panic!("{name} is not on {network}: {json}"));
+        att["ip"]
+            .as_str()
+            .expect("an address")
+            .parse()
+            .expect("IPv4")
+    }
+
+    /// Value of one counter or drop reason in `netpath stats`.
+    pub fn stat(&self, counter: &str) -> u64 {
+        let out = self.netpath_ok(&["stats"]);
+        out.lines()
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next() == Some(counter)).then(|| parts.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no counter {counter} in:\n{out}"))
+    }
+
     /// Everything outside the two lab namespaces that this instance may leave behind.
     fn instance_leftovers(&self) -> Vec<PathBuf> {
         let prefix = format!("{}-", self.instance);

@@ -125,3 +125,29 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
+
+/// Runs `cmd` inside the namespace at `path` (`nsenter --net=PATH cmd…`), asserts it succeeded,
+/// and returns its stdout.
+pub fn ns_output(path: &Path, cmd: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("nsenter {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "in {}: {cmd:?} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of the links in the namespace at `path`, as `ip -o link` lists them.
+pub fn ns_links(path: &Path) -> Vec<String> {
+    ns_output(path, &["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}

@@ -3,51 +3,17 @@
 //! tears all of it down on every exit path.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use netpath_tests::{Lab, TcpEchoServer, UdpEchoServer, ping, tcp_echo, udp_echo};
-
-/// The address of `endpoint` on its first network, from `endpoint inspect`.
-fn ip_of(lab: &Lab, endpoint: &str) -> Ipv4Addr {
-    let json: serde_json::Value =
-        serde_json::from_str(&lab.netpath_ok(&["endpoint", "inspect", endpoint])).unwrap();
-    json["attachments"][0]["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn ip_on(lab: &Lab, endpoint: &str, network: &str) -> Ipv4Addr {
-    let json: serde_json::Value =
-        serde_json::from_str(&lab.netpath_ok(&["endpoint", "inspect", endpoint])).unwrap();
-    let att = json["attachments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["network"] == network)
-        .unwrap();
-    att["ip"].as_str().unwrap().parse().unwrap()
-}
-
-/// Value of one counter (or drop reason) in `netpath stats`.
-fn stat(lab: &Lab, name: &str) -> u64 {
-    let out = lab.netpath_ok(&["stats"]);
-    out.lines()
-        .find_map(|l| {
-            let mut parts = l.split_whitespace();
-            (parts.next() == Some(name)).then(|| parts.next().unwrap().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{out}"))
-}
+use netpath_tests::{Lab, TcpEchoServer, UdpEchoServer, ns_output, ping, tcp_echo, udp_echo};
 
 #[test]
 fn endpoints_on_default_network_talk_over_icmp_tcp_udp() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "a"]);
     lab.netpath_ok(&["endpoint", "create", "b"]);
-    let (a, b) = (ip_of(&lab, "a"), ip_of(&lab, "b"));
+    let (a, b) = (lab.ip_of("a"), lab.ip_of("b"));
     assert_eq!(a, Ipv4Addr::new(172, 17, 0, 2));
     assert_eq!(b, Ipv4Addr::new(172, 17, 0, 3));
-    let before = stat(&lab, "forwarded_local");
+    let before = lab.stat("forwarded_local");
 
     assert!(
         ping(&lab.endpoint_ns("a"), &b.to_string()),
@@ -87,7 +53,7 @@ fn endpoints_on_default_network_talk_over_icmp_tcp_udp() {
 
     // Those packets took the eBPF short cut, not the bridge.
     assert!(
-        stat(&lab, "forwarded_local") >= before + 4,
+        lab.stat("forwarded_local") >= before + 4,
         "{}",
         lab.netpath_ok(&["stats"])
     );
@@ -101,11 +67,10 @@ fn endpoint_gets_route_mac_mtu_and_resolv_conf() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "web"]);
     let ns = lab.endpoint_ns("web");
-    let out =
-        String::from_utf8(lab_ns_cmd(&ns, &["ip", "-o", "link", "show", "eth0"]).stdout).unwrap();
+    let out = ns_output(&ns, &["ip", "-o", "link", "show", "eth0"]);
     assert!(out.contains("02:42:ac:11:00:02"), "{out}");
     assert!(out.contains("mtu 1500"), "{out}");
-    let routes = String::from_utf8(lab_ns_cmd(&ns, &["ip", "route"]).stdout).unwrap();
+    let routes = ns_output(&ns, &["ip", "route"]);
     assert!(
         routes.contains("default via 172.17.0.1 dev eth0"),
         "{routes}"
@@ -116,20 +81,6 @@ fn endpoint_gets_route_mac_mtu_and_resolv_conf() {
     );
 }
 
-fn lab_ns_cmd(ns: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn networks_are_isolated_and_drops_are_counted() {
     let lab = Lab::new();
@@ -138,7 +89,7 @@ fn networks_are_isolated_and_drops_are_counted() {
     lab.netpath_ok(&["endpoint", "create", "f1", "--network", "front"]);
     lab.netpath_ok(&["endpoint", "create", "b1", "--network", "back"]);
     lab.netpath_ok(&["endpoint", "create", "b2", "--network", "back"]);
-    let (f1, b1, b2) = (ip_of(&lab, "f1"), ip_of(&lab, "b1"), ip_of(&lab, "b2"));
+    let (f1, b1, b2) = (lab.ip_of("f1"), lab.ip_of("b1"), lab.ip_of("b2"));
     // `front` got the next free pool subnet after the default network's 172.17.0.0/16.
     assert_eq!(f1, Ipv4Addr::new(172, 18, 0, 2));
     assert_eq!(b1, Ipv4Addr::new(10, 200, 0, 2));
@@ -147,7 +98,7 @@ fn networks_are_isolated_and_drops_are_counted() {
         ping(&lab.endpoint_ns("b1"), &b2.to_string()),
         "same network must work"
     );
-    let before = stat(&lab, "network_isolation");
+    let before = lab.stat("network_isolation");
     assert!(
         !ping(&lab.endpoint_ns("f1"), &b1.to_string()),
         "front reached back"
@@ -156,7 +107,7 @@ fn networks_are_isolated_and_drops_are_counted() {
         !ping(&lab.endpoint_ns("b1"), &f1.to_string()),
         "back reached front"
     );
-    assert!(stat(&lab, "network_isolation") >= before + 2);
+    assert!(lab.stat("network_isolation") >= before + 2);
     // The host still reaches every network.
     assert!(ping(&lab.host.path, &f1.to_string()));
     assert!(ping(&lab.host.path, &b1.to_string()));
@@ -176,17 +127,17 @@ fn internal_network_has_no_way_out_but_its_gateway() {
     lab.netpath_ok(&["endpoint", "create", "v1", "--network", "vault"]);
     let ns = lab.endpoint_ns("v1");
     // Like Docker, an internal network gives its endpoints no default route...
-    let routes = String::from_utf8(lab_ns_cmd(&ns, &["ip", "route"]).stdout).unwrap();
+    let routes = ns_output(&ns, &["ip", "route"]);
     assert!(!routes.contains("default"), "{routes}");
     assert!(ping(&ns, "10.201.0.1"), "gateway must stay reachable");
     // ...and an endpoint that adds one itself is still stopped by the datapath.
-    lab_ns_cmd(&ns, &["ip", "route", "add", "default", "via", "10.201.0.1"]);
-    let before = stat(&lab, "internal_network");
+    ns_output(&ns, &["ip", "route", "add", "default", "via", "10.201.0.1"]);
+    let before = lab.stat("internal_network");
     assert!(
         !ping(&ns, &lab.lan_ip.to_string()),
         "internal network reached the LAN"
     );
-    assert!(stat(&lab, "internal_network") > before);
+    assert!(lab.stat("internal_network") > before);
 }
 
 #[test]
@@ -201,10 +152,10 @@ fn icc_false_blocks_endpoints_of_one_network() {
     ]);
     lab.netpath_ok(&["endpoint", "create", "q1", "--network", "quiet"]);
     lab.netpath_ok(&["endpoint", "create", "q2", "--network", "quiet"]);
-    let q2 = ip_of(&lab, "q2");
-    let before = stat(&lab, "icc_disabled");
+    let q2 = lab.ip_of("q2");
+    let before = lab.stat("icc_disabled");
     assert!(!ping(&lab.endpoint_ns("q1"), &q2.to_string()));
-    assert!(stat(&lab, "icc_disabled") > before);
+    assert!(lab.stat("icc_disabled") > before);
     assert!(
         ping(&lab.host.path, &q2.to_string()),
         "host must still reach the endpoint"
@@ -242,9 +193,9 @@ fn masquerade_shows_the_host_address_and_replies_come_back() {
         ping(&ns, &lab.lan_ip.to_string()),
         "ICMP echo through masquerade"
     );
-    assert!(stat(&lab, "snat_out") >= 3);
-    assert!(stat(&lab, "snat_reply_in") >= 3);
-    assert!(stat(&lab, "nat_mappings_created") >= 3);
+    assert!(lab.stat("snat_out") >= 3);
+    assert!(lab.stat("snat_reply_in") >= 3);
+    assert!(lab.stat("nat_mappings_created") >= 3);
     // The conntrack map holds the flows (read straight from the pinned map).
     let dump = std::process::Command::new("bpftool")
         .args(["map", "dump", "pinned"])
@@ -260,7 +211,7 @@ fn removing_an_endpoint_frees_its_address_and_namespace() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "one"]);
     lab.netpath_ok(&["endpoint", "create", "two"]);
-    assert_eq!(ip_of(&lab, "one"), Ipv4Addr::new(172, 17, 0, 2));
+    assert_eq!(lab.ip_of("one"), Ipv4Addr::new(172, 17, 0, 2));
     lab.netpath_ok(&["endpoint", "rm", "one"]);
     assert!(
         !lab.endpoint_ns("one").exists(),
@@ -268,7 +219,7 @@ fn removing_an_endpoint_frees_its_address_and_namespace() {
     );
     lab.netpath_ok(&["endpoint", "create", "three"]);
     assert_eq!(
-        ip_of(&lab, "three"),
+        lab.ip_of("three"),
         Ipv4Addr::new(172, 17, 0, 2),
         "freed address not reused"
     );
@@ -286,11 +237,11 @@ fn endpoint_connects_to_a_second_network() {
     lab.netpath_ok(&["network", "create", "n2", "--subnet", "10.202.0.0/24"]);
     lab.netpath_ok(&["endpoint", "create", "multi"]);
     lab.netpath_ok(&["endpoint", "create", "peer", "--network", "n2"]);
-    let peer = ip_of(&lab, "peer");
+    let peer = lab.ip_of("peer");
     assert!(!ping(&lab.endpoint_ns("multi"), &peer.to_string()));
     let out = lab.netpath_ok(&["endpoint", "connect", "n2", "multi"]);
     assert!(out.contains("eth1"), "{out}");
-    assert_eq!(ip_on(&lab, "multi", "n2"), Ipv4Addr::new(10, 202, 0, 3));
+    assert_eq!(lab.ip_on("multi", "n2"), Ipv4Addr::new(10, 202, 0, 3));
     assert!(
         ping(&lab.endpoint_ns("multi"), &peer.to_string()),
         "connected endpoint cannot reach n2"
@@ -299,7 +250,7 @@ fn endpoint_connects_to_a_second_network() {
     assert!(!ping(&lab.endpoint_ns("multi"), &peer.to_string()));
     // Its address on n2 is free again.
     lab.netpath_ok(&["endpoint", "create", "late", "--network", "n2"]);
-    assert_eq!(ip_of(&lab, "late"), Ipv4Addr::new(10, 202, 0, 3));
+    assert_eq!(lab.ip_of("late"), Ipv4Addr::new(10, 202, 0, 3));
 }
 
 #[test]
@@ -307,14 +258,14 @@ fn anti_spoofing_drops_foreign_source_addresses() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "honest"]);
     lab.netpath_ok(&["endpoint", "create", "liar"]);
-    let honest = ip_of(&lab, "honest");
+    let honest = lab.ip_of("honest");
     let liar = lab.endpoint_ns("liar");
     // The liar adds an address it was not given and sends from it.
-    lab_ns_cmd(
+    ns_output(
         &liar,
         &["ip", "addr", "add", "172.17.0.99/16", "dev", "eth0"],
     );
-    let before = stat(&lab, "spoofed_ip");
+    let before = lab.stat("spoofed_ip");
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", liar.display()))
         .args([
@@ -330,5 +281,5 @@ fn anti_spoofing_drops_foreign_source_addresses() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "spoofed ping got an answer");
-    assert!(stat(&lab, "spoofed_ip") > before);
+    assert!(lab.stat("spoofed_ip") > before);
 }

@@ -10,18 +10,9 @@ use std::{
 };
 
 use netpath_tests::{
-    Lab, Netns, TcpEchoServer, connect_in, netpath_bin, ping, tcp_echo, unique_name,
+    Lab, Netns, TcpEchoServer, connect_in, netpath_bin, ns_links, ns_output, ping, tcp_echo,
+    unique_name,
 };
-
-fn ip_of(lab: &Lab, endpoint: &str) -> Ipv4Addr {
-    let json: serde_json::Value =
-        serde_json::from_str(&lab.netpath_ok(&["endpoint", "inspect", endpoint])).unwrap();
-    json["attachments"][0]["ip"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 /// Runs netpath in the lab's host namespace with extra environment variables.
 fn netpath_env(lab: &Lab, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -68,11 +59,8 @@ fn roundtrip(stream: &mut std::net::TcpStream, msg: &[u8]) {
 
 /// Host-namespace device names netpath made (`np…`), sorted.
 fn netpath_devices(lab: &Lab) -> Vec<String> {
-    let out = lab.host.run_ok(&["ip", "-o", "link", "show"]);
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
+    let mut names: Vec<String> = ns_links(&lab.host.path)
+        .into_iter()
         .filter(|n| n.starts_with("np"))
         .collect();
     names.sort();
@@ -84,7 +72,7 @@ fn established_connections_survive_kill_restart_and_upgrade() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "c1"]);
     lab.netpath_ok(&["endpoint", "create", "c2"]);
-    let c2 = ip_of(&lab, "c2");
+    let c2 = lab.ip_of("c2");
     let lan_server = TcpEchoServer::start(&lab.lan.path, SocketAddrV4::new(lab.lan_ip, 9000));
     let local_server = TcpEchoServer::start(&lab.endpoint_ns("c2"), SocketAddrV4::new(c2, 9001));
     let mut to_lan = connect_in(&lab.endpoint_ns("c1"), SocketAddrV4::new(lab.lan_ip, 9000));
@@ -159,7 +147,7 @@ fn a_crash_at_any_step_is_converged_by_the_next_run() {
         );
         lab.netpath_ok(&["endpoint", "create", "victim"]);
         assert_eq!(
-            ip_of(&lab, "victim"),
+            lab.ip_of("victim"),
             Ipv4Addr::new(172, 17, 0, 3),
             "{point}: address lost or doubled"
         );
@@ -230,7 +218,7 @@ fn two_instances_serve_two_hosts_side_by_side() {
 fn network_modes_none_host_and_container() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "loner", "--network", "none"]);
-    let links = lab_ns_links(&lab.endpoint_ns("loner"));
+    let links = ns_links(&lab.endpoint_ns("loner"));
     assert_eq!(
         links,
         vec!["lo".to_string()],
@@ -262,19 +250,6 @@ fn network_modes_none_host_and_container() {
         "removing a sharer removed the owner's namespace"
     );
     lab.netpath_ok(&["endpoint", "rm", "app", "loner", "hosty"]);
-}
-
-fn lab_ns_links(ns: &std::path::Path) -> Vec<String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(["ip", "-o", "link", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .collect()
 }
 
 #[test]
@@ -456,7 +431,7 @@ fn host_config_file_shapes_the_default_network() {
     .unwrap();
     let cfg = cfg.to_str().unwrap();
     lab.netpath_ok(&["--config", cfg, "endpoint", "create", "cfg"]);
-    let ip = ip_of(&lab, "cfg");
+    let ip = lab.ip_of("cfg");
     assert!(
         ip.octets()[..3] == [10, 230, 0] && ip.octets()[3] >= 128,
         "{ip} not from fixed-cidr"
@@ -465,7 +440,7 @@ fn host_config_file_shapes_the_default_network() {
         serde_json::from_str(&lab.netpath_ok(&["network", "inspect", "bridge"])).unwrap();
     assert_eq!(inspect[0]["gateway"], "10.230.0.1");
     assert_eq!(inspect[0]["mtu"], 1400);
-    let link = lab_ns_cmd(
+    let link = ns_output(
         &lab.endpoint_ns("cfg"),
         &["ip", "-o", "link", "show", "eth0"],
     );
@@ -495,20 +470,6 @@ impl Drop for DirGuard {
     }
 }
 
-fn lab_ns_cmd(ns: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn pipework_attach_puts_namespaces_on_a_host_bridge() {
     let lab = Lab::new();
@@ -525,7 +486,7 @@ fn pipework_attach_puts_namespaces_on_a_host_bridge() {
         "192.168.77.11/24@192.168.77.1",
     ]);
     assert!(ping(&n1.path, "192.168.77.11"));
-    let routes = lab_ns_cmd(&n2.path, &["ip", "route"]);
+    let routes = ns_output(&n2.path, &["ip", "route"]);
     assert!(
         routes.contains("default via 192.168.77.1 dev eth1"),
         "{routes}"
@@ -550,7 +511,7 @@ fn netlink_clsact_attach_mode_works_too() {
     }
     let status = String::from_utf8_lossy(&netpath_env(&lab, &env, &["status"]).stdout).into_owned();
     assert!(status.contains("netlink clsact"), "{status}");
-    assert!(ping(&lab.endpoint_ns("n1"), &ip_of(&lab, "n2").to_string()));
+    assert!(ping(&lab.endpoint_ns("n1"), &lab.ip_of("n2").to_string()));
     assert!(ping(&lab.endpoint_ns("n1"), &lab.lan_ip.to_string()));
     let json: serde_json::Value =
         serde_json::from_str(&lab.netpath_ok(&["endpoint", "inspect", "n1"])).unwrap();

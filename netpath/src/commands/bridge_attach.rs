@@ -116,18 +116,18 @@ fn plumb(app: &App, rec: &BridgeAttachment, bridge_index: u32, mtu: u32) -> Resu
     app.block_on(app.nl().set_up(host.index))?;
     let p = app.block_on(app.nl().require_link(&peer))?;
     app.block_on(app.nl().move_to_netns(p.index, &rec.netns))?;
-    let (ifname, ip, prefix, gw) = (rec.ifname.clone(), rec.address, rec.prefix_len, rec.gateway);
-    let mac = crate::addr::MacAddr::from_ipv4(ip).octets();
-    netlink::in_netns(&rec.netns, move |nl| async move {
-        let link = nl.require_link(&peer).await?;
-        nl.set_name_mac_mtu(link.index, &ifname, mac, mtu).await?;
-        nl.add_address(link.index, ip, prefix).await?;
-        nl.set_up(link.index).await?;
-        if let Some(gw) = gw {
-            nl.add_default_route(gw).await?;
-        }
-        Ok(())
-    })?;
+    netlink::configure_peer(
+        &rec.netns,
+        netlink::PeerConfig {
+            peer,
+            ifname: rec.ifname.clone(),
+            mac: crate::addr::MacAddr::from_ipv4(rec.address).octets(),
+            mtu,
+            address: rec.address,
+            prefix: rec.prefix_len,
+            gateway: rec.gateway,
+        },
+    )?;
     Ok(())
 }
 

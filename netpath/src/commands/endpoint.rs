@@ -312,24 +312,19 @@ fn plumb_attachment(
     let peer_link = app.block_on(app.nl().require_link(&peer))?;
     app.block_on(app.nl().move_to_netns(peer_link.index, netns_path))?;
     sys::crash_point("endpoint-peer-moved");
-    let (ifname, mac, mtu, ip, prefix) = (
-        att.ifname.clone(),
-        att.mac.octets(),
-        net.mtu,
-        att.ip,
-        net.subnet.prefix,
-    );
     let gateway = (default_route && !net.internal).then(|| network::route_gateway(app, net));
-    netlink::in_netns(netns_path, move |nl| async move {
-        let link = nl.require_link(&peer).await?;
-        nl.set_name_mac_mtu(link.index, &ifname, mac, mtu).await?;
-        nl.add_address(link.index, ip, prefix).await?;
-        nl.set_up(link.index).await?;
-        if let Some(gw) = gateway {
-            nl.add_default_route(gw).await?;
-        }
-        Ok(())
-    })?;
+    netlink::configure_peer(
+        netns_path,
+        netlink::PeerConfig {
+            peer,
+            ifname: att.ifname.clone(),
+            mac: att.mac.octets(),
+            mtu: net.mtu,
+            address: att.ip,
+            prefix: net.subnet.prefix,
+            gateway,
+        },
+    )?;
     Ok(())
 }
 

@@ -208,7 +208,14 @@ pub fn install_network(app: &mut App, net: &Network) -> Result<()> {
 /// Creates a network: plan, bridge, datapath entry, then the record. Any failure undoes what
 /// was made, so nothing is half-applied.
 pub fn create(app: &mut App, args: &NetworkCreateArgs) -> Result<Network> {
-    let NetworkPlan { mut network } = plan_network(app, args)?;
+    let NetworkPlan { network } = plan_network(app, args)?;
+    realize(app, network)
+}
+
+/// Gives a planned network its id, bridge and datapath entry, then records it; undoes what was
+/// made if any step fails. A crash before the record is written leaves only a bridge no record
+/// owns, which reconcile removes.
+fn realize(app: &mut App, mut network: Network) -> Result<Network> {
     app.datapath()?;
     network.id = app.store.write(|tx| tx.next_network_id())?;
     let result = plumb_bridge(app, &network)
@@ -250,8 +257,7 @@ pub fn ensure_default(app: &mut App) -> Result<Network> {
             s.bridge
         )));
     }
-    app.datapath()?;
-    let mut network = Network {
+    let network = Network {
         id: 0,
         name: DEFAULT_NETWORK.into(),
         driver: "bridge".into(),
@@ -266,15 +272,7 @@ pub fn ensure_default(app: &mut App) -> Result<Network> {
         bridge_external: s.bridge_external,
         created: now_secs(),
     };
-    network.id = app.store.write(|tx| tx.next_network_id())?;
-    let result = plumb_bridge(app, &network)
-        .and_then(|()| install_network(app, &network))
-        .and_then(|()| Ok(app.store.write(|tx| tx.put_network(&network))?));
-    if let Err(e) = result {
-        undo_network(app, &network);
-        return Err(e);
-    }
-    Ok(network)
+    realize(app, network)
 }
 
 /// Resolves a network name for an endpoint; `bridge` is created on first use.
