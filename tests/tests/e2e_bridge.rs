@@ -283,3 +283,53 @@ fn anti_spoofing_drops_foreign_source_addresses() {
     assert!(!out.status.success(), "spoofed ping got an answer");
     assert!(lab.stat("spoofed_ip") > before);
 }
+
+#[test]
+fn endpoints_adopt_existing_namespaces_by_path_or_pid_and_leave_them() {
+    let lab = Lab::new();
+    let given = netpath_tests::Netns::new(&netpath_tests::unique_name("g"));
+    lab.netpath_ok(&[
+        "endpoint",
+        "create",
+        "adopted",
+        "--netns",
+        given.path.to_str().unwrap(),
+    ]);
+    assert!(
+        !lab.endpoint_ns("adopted").exists(),
+        "a namespace was made although one was given"
+    );
+    assert!(
+        ns_output(&given.path, &["ip", "-o", "addr", "show", "eth0"]).contains("172.17.0.2/16")
+    );
+    // A process's namespace, by PID: a sleeper started inside another namespace.
+    let by_pid = netpath_tests::Netns::new(&netpath_tests::unique_name("g"));
+    let mut sleeper = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", by_pid.path.display()))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let created = lab.netpath(&["endpoint", "create", "bypid", "--pid", &pid]);
+    let ping_ok = created.status.success() && ping(&by_pid.path, "172.17.0.2");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(
+        ping_ok,
+        "the endpoint made in the PID's namespace cannot reach its neighbour"
+    );
+    // Removing the endpoints leaves the namespaces netpath did not make.
+    lab.netpath_ok(&["endpoint", "rm", "adopted", "bypid"]);
+    assert!(given.path.exists());
+    assert!(
+        !netpath_tests::ns_links(&given.path)
+            .iter()
+            .any(|l| l == "eth0")
+    );
+}
