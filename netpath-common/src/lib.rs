@@ -31,12 +31,23 @@ pub mod map_name {
     pub const DROPS: &str = "NP_DROPS";
     /// one-element array holding [`super::DatapathConfig`].
     pub const CONFIG: &str = "NP_CONFIG";
-    /// published (host address, port, protocol) -> [`super::PublishedPort`] (issue: published ports).
+    /// published (host address, port, protocol) -> [`super::PublishedPort`].
     pub const PORTS: &str = "NP_PORTS";
+    /// [`super::AddrKey`] -> ifindex (`u32`): every IPv4 address of the served namespace's own
+    /// interfaces. A port published on the wildcard address (0.0.0.0) is translated only for
+    /// packets and sockets addressed to one of these (or to 127.0.0.0/8 for host sockets), so
+    /// traffic merely passing through the host is never hijacked. User space keeps it equal to
+    /// the namespace's addresses (`Datapath::sync_host_addrs`).
+    pub const HOST_ADDRS: &str = "NP_HOST_ADDRS";
+    /// Socket storage (`BPF_MAP_TYPE_SK_STORAGE`) -> [`super::SockNat`]: what a host socket
+    /// translated by the cgroup programs originally dialled, so `getpeername` and `recvmsg`
+    /// show it. Freed by the kernel with the socket.
+    pub const SOCK_NAT: &str = "NP_SOCK_NAT";
 
     /// Every map, in the order `netpath status` lists them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         ENDPOINTS, EP_BY_ADDR, NETWORKS, UPLINKS, CONNTRACK, NAT, STATS, DROPS, CONFIG, PORTS,
+        HOST_ADDRS, SOCK_NAT,
     ];
 }
 
@@ -44,10 +55,45 @@ pub mod map_name {
 pub mod program_name {
     /// TC ingress of the host-side veth of every endpoint: traffic leaving a container.
     pub const FROM_ENDPOINT: &str = "np_from_ep";
-    /// TC ingress of every uplink: replies to masqueraded flows (and, later, published ports).
+    /// TC ingress of every uplink: replies to masqueraded flows and published ports (DNAT).
     pub const FROM_UPLINK: &str = "np_uplink";
+    /// cgroup/connect4 on the cgroup v2 root: a host socket connecting (TCP, or UDP `connect`)
+    /// to a published port is pointed at the endpoint instead.
+    pub const SOCK_CONNECT4: &str = "np_connect4";
+    /// cgroup/sendmsg4: the same for unconnected UDP sends.
+    pub const SOCK_SENDMSG4: &str = "np_sendmsg4";
+    /// cgroup/recvmsg4: UDP replies of a translated socket show the address the app sent to.
+    pub const SOCK_RECVMSG4: &str = "np_recvmsg4";
+    /// cgroup/getpeername4: a translated socket's peer is the address the app dialled.
+    pub const SOCK_GETPEER4: &str = "np_getpeer4";
+
+    /// The TC (sched_cls) programs.
+    pub const TC: [&str; 2] = [FROM_ENDPOINT, FROM_UPLINK];
+    /// The cgroup `sock_addr` programs, attached to the cgroup v2 root. They act only on sockets
+    /// of the namespace whose cookie is in `NP_CONFIG` (`DatapathConfig::netns_cookie`).
+    pub const CGROUP: [&str; 4] = [SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEER4];
     /// Every program, in the order `netpath status` lists them.
-    pub const ALL: [&str; 2] = [FROM_ENDPOINT, FROM_UPLINK];
+    pub const ALL: [&str; 6] = [
+        FROM_ENDPOINT,
+        FROM_UPLINK,
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEER4,
+    ];
+
+    /// Where a program hooks in, as `netpath status` shows it.
+    pub fn hook(name: &str) -> &'static str {
+        match name.as_bytes() {
+            b"np_from_ep" => "endpoint veth ingress",
+            b"np_uplink" => "uplink ingress",
+            b"np_connect4" => "cgroup connect4",
+            b"np_sendmsg4" => "cgroup sendmsg4",
+            b"np_recvmsg4" => "cgroup recvmsg4",
+            b"np_getpeer4" => "cgroup getpeername4",
+            _ => "?",
+        }
+    }
 }
 
 /// Capacity of each map. Conntrack and NAT are LRU: when full, the least recently used flow is
@@ -60,6 +106,7 @@ pub mod map_size {
     pub const CONNTRACK: u32 = 65536;
     pub const NAT: u32 = 65536;
     pub const PORTS: u32 = 65536;
+    pub const HOST_ADDRS: u32 = 1024;
 }
 
 pub const FAMILY_IPV4: u8 = 4;
@@ -172,7 +219,10 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of `NP_CT`, keyed by the flow in its original direction (endpoint -> outside).
+/// Value of `NP_CT`, keyed by the flow as the endpoint sends it. For `SNAT` that is the
+/// original direction (endpoint -> outside); for `DNAT` it is the endpoint's reply to a client
+/// of a published port (endpoint:port -> client:port), and `nat_addr`/`nat_port` are the
+/// published host address and port the reply must come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ConntrackEntry {
@@ -196,8 +246,12 @@ pub struct ConntrackEntry {
 pub mod ct_kind {
     /// Source NAT of an endpoint's flow to the outside (masquerade).
     pub const SNAT: u8 = 1;
-    /// Destination NAT of a published port (issue: published ports).
+    /// Destination NAT of a published port.
     pub const DNAT: u8 = 2;
+    /// `NP_NAT` only: the reply of an endpoint that reached its own published port (hairpin),
+    /// whose source was translated to its gateway: restores the client (itself) as the
+    /// destination. Keyed by the reply as the endpoint sends it (endpoint:port -> gateway:port).
+    pub const HAIRPIN_SNAT: u8 = 3;
 }
 
 /// Bits of [`ConntrackEntry::state`].
@@ -216,7 +270,11 @@ pub struct NatEntry {
     /// The endpoint's own port (or ICMP echo identifier), network byte order.
     pub orig_port: [u8; 2],
     pub state: u8,
-    pub _pad: [u8; 1],
+    /// [`ct_kind`] value: `SNAT` (0 in entries written before published ports existed) for
+    /// the reply of a masqueraded flow, `DNAT` for a client's packet to a published port
+    /// (keyed client -> host address:port as it arrives; `orig_*` is then the endpoint's
+    /// address and port).
+    pub kind: u8,
     /// Host-side veth of the endpoint: target of `bpf_redirect_peer`.
     pub endpoint_ifindex: u32,
     /// `bpf_ktime_get_ns()` of the last reply packet.
@@ -225,8 +283,10 @@ pub struct NatEntry {
     pub bytes: u64,
 }
 
-/// Value of `NP_PORTS` (published ports; keyed by [`PortKey`]). Defined now so the layout is
-/// settled before the published-port datapath lands.
+/// Key of `NP_PORTS` (published ports). The datapath looks up the exact key (destination
+/// address, port, protocol) first, then the wildcard key (`host_addr` all zero), which applies
+/// only to destinations that are the host's own addresses (`NP_HOST_ADDRS`, the uplink's
+/// address, a network's gateway, and for host sockets 127.0.0.0/8).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct PortKey {
@@ -238,6 +298,7 @@ pub struct PortKey {
     pub family: u8,
 }
 
+/// Value of `NP_PORTS`: where a published port leads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct PublishedPort {
@@ -252,8 +313,41 @@ pub struct PublishedPort {
 
 /// Bits of [`PublishedPort::flags`].
 pub mod port_flags {
-    /// Published on a loopback address: reachable from the host only.
+    /// Published on a loopback address (key `host_addr` in 127.0.0.0/8): reachable from the
+    /// host's own sockets only (cgroup programs). The uplink never translates it: a packet
+    /// from another machine for it is dropped as `HOST_ONLY_PORT`.
     pub const HOST_ONLY: u8 = 1 << 0;
+    /// Not a translation but a guard: a packet arriving on an uplink addressed straight to an
+    /// endpoint's own address and port (a LAN machine routing to the container subnet) is
+    /// dropped as `HOST_ONLY_PORT`. The host's own sockets and other endpoints are not
+    /// affected (the cgroup programs and `np_from_ep` ignore guard entries).
+    ///
+    /// Recipe for the control plane: while an endpoint port is published **only** on loopback
+    /// addresses (every publish of (endpoint address, endpoint port, protocol) is HOST_ONLY),
+    /// also insert
+    /// `PortKey { host_addr: <endpoint address>, host_port: <endpoint port>, protocol, family }`
+    /// -> `PublishedPort { endpoint_addr: <endpoint address>, endpoint_port: <endpoint port>,
+    /// family, flags: GUARD | HOST_ONLY, endpoint_ifindex: <host-side veth> }`,
+    /// and remove it with the last loopback publish of that port (or when the port is also
+    /// published on a non-loopback address, like Docker, which then exposes it anyway).
+    pub const GUARD: u8 = 1 << 1;
+}
+
+/// Value of `NP_SOCK_NAT` (socket storage): the translation the cgroup programs made for one
+/// host socket. Addresses are IPv4 in network byte order as the `bpf_sock_addr` context holds
+/// them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockNat {
+    /// What the application dialled (a host or loopback address) ...
+    pub orig_addr: [u8; 4],
+    /// ... and port, network byte order.
+    pub orig_port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// What it was translated to (the endpoint).
+    pub endpoint_addr: [u8; 4],
+    pub endpoint_port: [u8; 2],
+    pub _pad2: [u8; 2],
 }
 
 /// Value of the one-element `NP_CONFIG` array: knobs user space sets for the datapath.
@@ -270,6 +364,10 @@ pub struct DatapathConfig {
     pub icmp_timeout_s: u32,
     /// Non-zero once user space has written this entry; zero means "use the defaults below".
     pub initialized: u32,
+    /// Cookie of the network namespace this instance serves (`SO_NETNS_COOKIE`, Linux >=
+    /// 5.14). The cgroup programs run for every socket of the machine and act only on sockets
+    /// of this namespace; 0 (unknown) makes them do nothing.
+    pub netns_cookie: u64,
 }
 
 impl DatapathConfig {
@@ -284,6 +382,7 @@ impl DatapathConfig {
         udp_timeout_s: 60,
         icmp_timeout_s: 30,
         initialized: 1,
+        netns_cookie: 0,
     };
 }
 
@@ -301,9 +400,24 @@ pub mod counter {
     pub const NAT_MAPPINGS_CREATED: u32 = 4;
     /// Packets with TTL <= 1 handed to the stack so it can answer with ICMP time exceeded.
     pub const TTL_TO_STACK: u32 = 5;
-    /// Published-port traffic translated to an endpoint (issue: published ports).
+    /// Published-port traffic translated to an endpoint (from an uplink or, hairpin, from an
+    /// endpoint).
     pub const DNAT_IN: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// An endpoint's reply on a published-port flow, translated back to the published address
+    /// and port and sent to the client (out of an uplink, or into the client endpoint).
+    pub const DNAT_REPLY_OUT: u32 = 7;
+    /// New published-port flows an endpoint opened through a host address (hairpin); each of
+    /// their packets also counts `DNAT_IN`.
+    pub const HAIRPIN: u32 = 8;
+    /// Host sockets pointed at an endpoint by `np_connect4`/`np_sendmsg4`.
+    pub const SOCK_REWRITE: u32 = 9;
+    /// Addresses a host socket sees (`getpeername`, `recvmsg`) turned back into the one it
+    /// dialled.
+    pub const SOCK_PEER_RESTORED: u32 = 10;
+    /// Translated sockets whose original address could not be remembered (socket storage
+    /// full or refused): they work, but `getpeername` shows the endpoint.
+    pub const SOCK_STORAGE_FAILED: u32 = 11;
+    pub const COUNT: u32 = 16;
 
     /// `netpath stats` names, indexed by counter number ("" = unused slot).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -314,6 +428,14 @@ pub mod counter {
         "nat_mappings_created",
         "ttl_to_stack",
         "dnat_in",
+        "dnat_reply_out",
+        "hairpin",
+        "sock_rewrite",
+        "sock_peer_restored",
+        "sock_storage_failed",
+        "",
+        "",
+        "",
         "",
     ];
 }
@@ -348,7 +470,9 @@ pub mod drop_reason {
     pub const MAP_UPDATE_FAILED: u32 = 13;
     /// A checksum or store helper failed.
     pub const REWRITE_FAILED: u32 = 14;
-    /// A packet from another machine for a port published on a loopback address.
+    /// A packet from another machine for a port published on a loopback address: addressed to
+    /// 127.0.0.0/8, to a loopback-published key, or to a guarded endpoint port
+    /// ([`super::port_flags::GUARD`]).
     pub const HOST_ONLY_PORT: u32 = 15;
     /// The network the endpoint belongs to has no `NP_NETWORKS` entry.
     pub const UNKNOWN_NETWORK: u32 = 16;
@@ -397,7 +521,8 @@ const _: () = {
     assert!(size_of::<NatEntry>() == 48);
     assert!(size_of::<PortKey>() == 20);
     assert!(size_of::<PublishedPort>() == 24);
-    assert!(size_of::<DatapathConfig>() == 24);
+    assert!(size_of::<DatapathConfig>() == 32);
+    assert!(size_of::<SockNat>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -414,4 +539,5 @@ mod user {
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PublishedPort {}
     unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for SockNat {}
 }

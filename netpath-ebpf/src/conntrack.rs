@@ -13,7 +13,7 @@ use netpath_common::{
 use crate::{
     maps::NP_CONFIG,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    zero::{Aligned, zeroed},
+    zero::{Aligned, zero_in_place, zeroed},
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -85,6 +85,33 @@ pub fn flow_key_v4(
     key.0.protocol = protocol;
     key.0.family = FAMILY_IPV4;
     key
+}
+
+/// [`flow_key_v4`] written in place (into per-CPU scratch memory, sparing the stack).
+#[inline(always)]
+pub fn fill_flow_key_v4(
+    key: &mut FlowKey,
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    protocol: u8,
+) {
+    zero_in_place(key);
+    set_v4(&mut key.src_addr, src);
+    set_v4(&mut key.dst_addr, dst);
+    key.src_port = src_port;
+    key.dst_port = dst_port;
+    key.protocol = protocol;
+    key.family = FAMILY_IPV4;
+}
+
+/// [`addr_key_v4`] written in place.
+#[inline(always)]
+pub fn fill_addr_key_v4(key: &mut AddrKey, addr: [u8; 4]) {
+    zero_in_place(key);
+    set_v4(&mut key.addr, addr);
+    key.family = FAMILY_IPV4;
 }
 
 /// The `NP_EP_BY_ADDR` key of an IPv4 address.

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{parse::Ipv4, zero::zeroed};
+use crate::{parse::Ipv4, zero::zero_in_place};
 
 const AF_INET: u8 = 2;
 
@@ -41,24 +41,47 @@ pub fn skb_ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// Looks up the route of an IPv4 packet as if it were forwarded from the interface it arrived
-/// on. `tot_len` is left 0 on purpose: the kernel then checks the skb against the egress MTU
+/// Looks up the route of an IPv4 packet, with source and destination `src` -> `dst` (the
+/// packet's own, or as they will be after a translation), as if it were forwarded from the
+/// interface it arrived on. The request is built in `params` (per-CPU scratch memory: the
+/// struct is 64 bytes and the callers' stacks are full). `tot_len` is left 0 on purpose: the kernel then checks the skb against the egress MTU
 /// with `is_skb_forwardable`, which knows GSO packets (a container's TSO send is one big skb
 /// whose IP total length exceeds the MTU but is segmented later).
 #[inline(always)]
-pub fn lookup_v4(ctx: &TcContext, ip: &Ipv4, src_port: [u8; 2], dst_port: [u8; 2]) -> Route {
-    // All zero is a valid request (plain-old-data bindgen struct).
-    let mut params = zeroed::<bpf_fib_lookup>();
-    let params = &mut params.0;
+pub fn lookup_v4_in(
+    ctx: &TcContext,
+    params: *mut bpf_fib_lookup,
+    ip: &Ipv4,
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+) -> Route {
+    // SAFETY: `params` points at a live, exclusively used scratch slot.
+    let params = unsafe { &mut *params };
+    zero_in_place(params);
+    fill_and_lookup(ctx, params, ip, src, dst, src_port, dst_port)
+}
+
+#[inline(always)]
+fn fill_and_lookup(
+    ctx: &TcContext,
+    params: &mut bpf_fib_lookup,
+    ip: &Ipv4,
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+) -> Route {
     params.family = AF_INET;
     params.l4_protocol = ip.protocol;
     params.sport = u16::from_ne_bytes(src_port);
     params.dport = u16::from_ne_bytes(dst_port);
     params.ifindex = skb_ifindex(ctx);
     params.__bindgen_anon_2.tos = ip.tos;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-    // SAFETY: `params` is a valid, fully sized lookup struct on our stack.
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: `params` is a valid, fully sized lookup struct.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),

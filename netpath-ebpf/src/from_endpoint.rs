@@ -1,19 +1,24 @@
 //! Owns `np_from_ep`, TC ingress of every endpoint's host-side veth (what a container sends):
-//! anti-spoofing, network isolation, same-network delivery, internal networks, and masquerade
-//! of traffic that leaves through an uplink.
+//! anti-spoofing, replies of published-port flows and hairpin connections to published ports
+//! (`dnat`), network isolation, same-network delivery, internal networks, and masquerade of
+//! traffic that leaves through an uplink.
 //!
-//! Order matters: the endpoint-to-endpoint checks come before the gateway check, so isolation
-//! cannot be bypassed by addressing another network's endpoint through the gateway's MAC.
+//! Order matters: published-port replies come right after anti-spoofing (their client may sit
+//! in another network, which Docker allows through the host's address); the
+//! endpoint-to-endpoint checks come before the gateway check, so isolation cannot be bypassed
+//! by addressing another network's endpoint through the gateway's MAC.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     helpers::generated::bpf_ktime_get_ns,
     programs::TcContext,
 };
-use netpath_common::{FAMILY_IPV4, IPPROTO_ICMP, counter, drop_reason, network_flags};
+use netpath_common::{
+    FAMILY_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, counter, drop_reason, network_flags,
+};
 
 use crate::{
     conntrack::{addr_key_v4, flow_key_v4},
-    csum,
+    csum, dnat,
     fib::{self, Route},
     maps::{NP_ENDPOINTS, NP_EP_BY_ADDR, NP_NETWORKS, NP_UPLINKS},
     nat::{self, Mapping, SnatRequest},
@@ -67,6 +72,27 @@ pub fn handle(ctx: TcContext) -> i32 {
         }
     };
 
+    // Published ports: a reply of a published-port flow goes back to its client; a connection
+    // to a published port through a host address (hairpin) goes to its endpoint. Fragments
+    // carry no ports past the first: they take the paths below (masquerade drops them).
+    if !ip.is_fragment && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
+        let verdict = dnat::reply_from_endpoint(ctx.skb.skb, &ip, net.gateway);
+        if verdict != dnat::CONTINUE {
+            return verdict;
+        }
+        // Internal networks reach nothing but their gateway's own services.
+        if net.flags & network_flags::INTERNAL == 0 {
+            let verdict =
+                dnat::hairpin_from_endpoint(ctx.skb.skb, &ip, net.gateway, ep.host_ifindex);
+            if verdict == dnat::DELIVER {
+                return dnat::deliver_prepared(ctx.skb.skb, &ip);
+            }
+            if verdict != dnat::CONTINUE {
+                return verdict;
+            }
+        }
+    }
+
     // Another endpoint: same network is delivered directly, another network never.
     if let Some(dest) = NP_EP_BY_ADDR.get_ptr(&addr_key_v4(ip.dst).0) {
         // SAFETY: a live map value; fields copied out.
@@ -88,10 +114,6 @@ pub fn handle(ctx: TcContext) -> i32 {
         return TC_ACT_REDIRECT as i32;
     }
 
-    // Published ports (next issue) plug in here: a packet whose flow is in NP_CT as a DNAT
-    // reply (kind ct_kind::DNAT) gets its source translated back with `nat::rewrite_source`
-    // and leaves like masqueraded traffic below.
-
     if eq_ipv4(ip.dst, net.gateway) {
         return pass_to_stack();
     }
@@ -107,7 +129,7 @@ pub fn handle(ctx: TcContext) -> i32 {
         // Something else on the bridge (not a netpath endpoint) or the subnet broadcast.
         return pass_to_stack();
     }
-    route_out(&ctx, &ep, &net, &ip)
+    route_out(ctx.skb.skb, &ep, &net, &ip)
 }
 
 /// The sender's `NP_ENDPOINTS` entry, as far as this program uses it.
@@ -143,8 +165,17 @@ fn in_subnet(addr: [u8; 4], net: &Network) -> bool {
 }
 
 /// Traffic for somewhere outside the network: the host stack, or masquerade out of an uplink.
-#[inline(always)]
-fn route_out(ctx: &TcContext, ep: &Sender, net: &Network, ip: &Ipv4) -> i32 {
+///
+/// Not inlined: its frame (FIB result, masquerade request) is then never on the same call
+/// chain as the published-port subprograms, which keeps every chain within the 512-byte stack.
+#[inline(never)]
+fn route_out(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    ep: &Sender,
+    net: &Network,
+    ip: &Ipv4,
+) -> i32 {
+    let ctx = &TcContext::new(skb);
     // Ports let the FIB apply port-based policy routing; fragments and other protocols look
     // up without them.
     let l4 = if ip.is_fragment {
@@ -156,7 +187,14 @@ fn route_out(ctx: &TcContext, ep: &Sender, net: &Network, ip: &Ipv4) -> i32 {
         Ok(t) if t.protocol != IPPROTO_ICMP => (t.src_port, t.dst_port),
         _ => ([0, 0], [0, 0]),
     };
-    let route = fib::lookup_v4(ctx, ip, fib_sport, fib_dport);
+    // The request lives in published ports' per-CPU scratch memory (free by now: their
+    // subprograms have returned) to keep this frame small.
+    let Some(s) = dnat::scratch() else {
+        return drop_packet(drop_reason::MAP_UPDATE_FAILED);
+    };
+    // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
+    let params = unsafe { &raw mut (*s).fib };
+    let route = fib::lookup_v4_in(ctx, params, ip, ip.src, ip.dst, fib_sport, fib_dport);
     let egress = match route {
         Route::Forward { ifindex, .. }
         | Route::NoNeighbour { ifindex }

@@ -1,6 +1,6 @@
 //! Owns `np_uplink`, TC ingress of every uplink: replies of masqueraded flows are translated
-//! back and delivered straight into the endpoint's namespace; everything else goes to the host
-//! stack untouched.
+//! back and delivered straight into the endpoint's namespace, packets for published ports are
+//! translated to their endpoint (`dnat`); everything else goes to the host stack untouched.
 //!
 //! Choices for packets netpath does not translate on the uplink:
 //! - Malformed IPv4 (bad IHL, truncated, lengths that do not add up) is passed to the stack
@@ -10,14 +10,15 @@
 //! - Fragments, even of a masqueraded flow, go to the stack: only the first carries ports, and
 //!   netpath does not reassemble (outgoing fragments are dropped as `FRAGMENT` for the same
 //!   reason, so a masqueraded flow only gets fragments back when a remote fragments a reply).
+//!   A first fragment addressed to a published port is dropped as `FRAGMENT`.
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT, helpers::generated::bpf_ktime_get_ns, programs::TcContext,
 };
-use netpath_common::{counter, drop_reason};
+use netpath_common::{counter, ct_kind, drop_reason};
 
 use crate::{
     conntrack::{addr_key_v4, flow_key_v4, touch_nat},
-    csum, fib,
+    csum, dnat, fib,
     maps::{NP_EP_BY_ADDR, NP_NAT, NP_NETWORKS},
     nat,
     parse::{self, ETH_P_IP, ICMP_ECHO_REPLY, v4_of},
@@ -34,19 +35,33 @@ pub fn handle(ctx: TcContext) -> i32 {
     let Ok(ip) = parse::ipv4(&ctx) else {
         return pass_to_stack();
     };
-    if ip.is_fragment {
+    if ip.is_fragment && !ip.is_first_fragment {
         return pass_to_stack();
     }
     let Ok(l4) = parse::transport(&ctx, &ip, ICMP_ECHO_REPLY) else {
         return pass_to_stack();
     };
+    if ip.is_fragment {
+        return dnat::uplink_fragment(&ctx, &ip, &l4);
+    }
     let key = flow_key_v4(ip.src, ip.dst, l4.src_port, l4.dst_port, l4.protocol);
     let Some(nat_entry) = NP_NAT.get_ptr_mut(&key.0) else {
-        // Published ports (next issue) plug in here: a miss in NP_NAT is looked up in NP_PORTS
-        // (host address, port, protocol), translated with `nat::rewrite_destination`, recorded
-        // in NP_CT as ct_kind::DNAT and delivered like a reply below.
-        return pass_to_stack();
+        return dnat::uplink_new_flow(&ctx, &ip, &l4);
     };
+    // SAFETY: a live map value; field read once.
+    let kind = unsafe { (*nat_entry).kind };
+    if kind == ct_kind::DNAT {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if dnat::is_live(nat_entry, now, l4.protocol) {
+            return dnat::established(&ctx, &ip, &l4, nat_entry);
+        }
+        return dnat::uplink_new_flow(&ctx, &ip, &l4);
+    }
+    if kind != ct_kind::SNAT && kind != 0 {
+        // A hairpin entry (keyed by an endpoint's own address): never valid from outside.
+        return pass_to_stack();
+    }
     // SAFETY: a live map value; fields copied out.
     let (orig_addr, orig_port, endpoint_ifindex) = unsafe {
         (

@@ -1,12 +1,12 @@
 //! Owns the BPF map definitions. Names, key and value types come from `netpath-common`; every
 //! map is a BTF map so `bpftool map dump` prints field names.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use netpath_common::{
     AddrKey, ConntrackEntry, DatapathConfig, EndpointEntry, FlowKey, NatEntry, NetworkEntry,
-    PortKey, PublishedPort, UplinkEntry, counter, drop_reason, map_size,
+    PortKey, PublishedPort, SockNat, UplinkEntry, counter, drop_reason, map_size,
 };
 
 #[btf_map]
@@ -38,3 +38,11 @@ pub static NP_PORTS: HashMap<PortKey, PublishedPort, { map_size::PORTS as usize 
 /// Internal to the programs: not part of the user-space contract, never pinned.
 #[btf_map]
 pub static NP_SCRATCH: PerCpuArray<crate::nat::Scratch, 1> = PerCpuArray::new();
+#[btf_map]
+pub static NP_HOST_ADDRS: HashMap<AddrKey, u32, { map_size::HOST_ADDRS as usize }> = HashMap::new();
+#[btf_map]
+pub static NP_SOCK_NAT: SkStorage<SockNat> = SkStorage::new();
+
+/// Per-CPU working memory of published-port flows (internal, never pinned).
+#[btf_map]
+pub static NP_DNAT_SCRATCH: PerCpuArray<crate::dnat::Scratch, 1> = PerCpuArray::new();

@@ -6,8 +6,8 @@
 //! second; if the second write fails the first is removed, so a reply key never points at a
 //! flow that has no conntrack entry because of us.
 //!
-//! Published ports (next issue) reuse `rewrite_destination` for DNAT on the uplink and
-//! `rewrite_source` for the reverse translation in `np_from_ep`.
+//! Published ports (`dnat`) reuse `rewrite_destination` for DNAT and `rewrite_source` for the
+//! reverse translation in `np_from_ep`.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_get_prandom_u32,
@@ -188,6 +188,7 @@ fn fill_nat_entry(s: &mut Scratch) {
     s.nat = zeroed::<NatEntry>().0;
     s.nat.orig_addr = s.req.orig.src_addr;
     s.nat.orig_port = s.req.orig.src_port;
+    s.nat.kind = ct_kind::SNAT;
     s.nat.endpoint_ifindex = s.req.endpoint_ifindex;
     s.nat.last_seen_ns = s.req.now;
 }

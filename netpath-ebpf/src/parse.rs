@@ -86,6 +86,8 @@ pub struct Ipv4 {
     /// MF set or a non-zero fragment offset: only the first fragment has an L4 header, and
     /// even that one cannot be translated alone.
     pub is_fragment: bool,
+    /// A fragment with offset 0: the one that carries the L4 header.
+    pub is_first_fragment: bool,
     pub dont_fragment: bool,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
@@ -123,6 +125,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4, Malformed> {
         ttl: h.ttl,
         tos: h.tos,
         is_fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
+        is_first_fragment: frags & IP_MF != 0 && frags & IP_OFFSET_MASK == 0,
         dont_fragment: frags & IP_DF != 0,
         l4_off: ETH_HLEN + header_len,
     })

@@ -31,3 +31,25 @@ pub fn zeroed<T>() -> Aligned<T> {
     // SAFETY: every byte was written, and all-zero is a valid `T` (caller's contract).
     unsafe { value.assume_init() }
 }
+
+/// Zeroes `*target` in place (e.g. per-CPU scratch memory), word by word where possible, with
+/// the same volatile zero as [`zeroed`] so no `memset` call appears.
+#[inline(always)]
+pub fn zero_in_place<T>(target: &mut T) {
+    let zero_source = 0u64;
+    // SAFETY: reading a live local.
+    let zero = unsafe { core::ptr::read_volatile(&zero_source) };
+    let size = size_of::<T>();
+    let base = core::ptr::from_mut(target) as *mut u8;
+    let mut i = 0;
+    while i + 8 <= size {
+        // SAFETY: inside `target`; unaligned writes are fine for BPF map memory and stack.
+        unsafe { (base.add(i) as *mut u64).write_unaligned(zero) };
+        i += 8;
+    }
+    while i < size {
+        // SAFETY: inside `target`.
+        unsafe { base.add(i).write(zero as u8) };
+        i += 1;
+    }
+}

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::{
     config::HostConfig,
-    datapath::{Datapath, DatapathError, maps::Maps},
+    datapath::{self, Datapath, DatapathError, maps::Maps},
     instance::Instance,
     model::{Attachment, Network},
     netlink::{Netlink, NetlinkError},
@@ -130,24 +130,40 @@ impl App {
     }
 
     /// The datapath, loaded (or adopted) on first use: programs pinned, config written,
-    /// forwarding on, uplinks known and attached.
+    /// forwarding on, uplinks known and attached, cgroup programs attached. On every call the
+    /// host-address table is synced, so a bridge addressed earlier in this command is known
+    /// to the published-port lookups by the time its datapath entries are written.
     pub fn datapath(&mut self) -> Result<(&Datapath, &mut Maps)> {
         if self.datapath.is_none() {
             sys::ensure_bpffs()?;
             let dp = Datapath::open(&self.instance.pin_dir(), &self.instance.datapath_meta_dir())?;
             let mut maps = Maps::open(dp.pin_dir())?;
             let (min, max) = self.config.nat_port_range();
+            // 0 when the kernel cannot tell (< 5.14): the cgroup programs then do nothing
+            // and host processes cannot reach published ports (see datapath::netns_cookie).
+            let netns_cookie = datapath::netns_cookie();
             maps.set_config(&DatapathConfig {
                 nat_port_min: min,
                 nat_port_max: max,
+                netns_cookie,
                 ..DatapathConfig::DEFAULT
             })?;
+            // Without them everything but host-local access to published ports works, so a
+            // failure (no cgroup v2, a kernel refusing the hook) is reported, not fatal.
+            if netns_cookie != 0
+                && let Err(e) = dp.attach_cgroup_programs()
+            {
+                eprintln!("netpath: warning: host processes cannot reach published ports: {e}");
+            }
             // Docker turns forwarding on too; netpath's fib lookups need it.
             sys::write_sysctl("net.ipv4.ip_forward", "1")?;
             self.datapath = Some((dp, maps));
             self.sync_uplinks()?;
         }
+        let addrs = self.block_on(self.nl.ipv4_addresses(None))?;
+        let addrs: Vec<(u32, [u8; 4])> = addrs.iter().map(|(i, a, _)| (*i, a.octets())).collect();
         let (dp, maps) = self.datapath.as_mut().expect("set above");
+        dp.sync_host_addrs(&addrs)?;
         Ok((dp, maps))
     }
 
@@ -203,8 +219,8 @@ impl App {
         let (dp, maps) = self.datapath.as_mut().expect("datapath opened");
         maps.set_uplinks(&entries)?;
         let attached = dp.attached_interfaces(program_name::FROM_UPLINK)?;
-        for name in &names {
-            if !attached.contains(name) {
+        for (name, entry) in names.iter().zip(&entries) {
+            if !dp.is_attached(name, entry.ifindex, program_name::FROM_UPLINK) {
                 dp.attach_ingress(name, program_name::FROM_UPLINK)?;
             }
         }

@@ -2,7 +2,7 @@
 //! Parsing values (CIDRs, MACs, addresses) happens in the commands, so errors name the flag.
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +45,13 @@ pub enum Command {
     Attach(AttachArgs),
     /// Undo `netpath attach`.
     Detach(DetachArgs),
+    /// Publish ports: connections to a host port go to a port of an endpoint (like `docker run
+    /// -p`). All mappings of one command are applied as one batch: all or nothing.
+    Publish(PublishArgs),
+    /// Stop publishing ports: new connections are refused at once, established ones drain.
+    Unpublish(UnpublishArgs),
+    /// Show published ports, like `docker port`.
+    Port(PortArgs),
     /// Datapath counters: forwarded, NATed and dropped packets by reason.
     Stats,
     /// Loaded programs, attach mode, uplinks and map fill levels.
@@ -151,6 +158,61 @@ pub struct EndpointCreateArgs {
     /// Use the network namespace of this process.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Publish a port (repeatable), Docker's form: `8080:80`, `127.0.0.1::5000/udp` (free host
+    /// port on 127.0.0.1), `:443` or `80` (free host port), `8000-8010:80` (first free of the
+    /// range), `8000-8001:80-81`.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[[HOSTIP:]HOSTPORT[-END]:]PORT[-END][/PROTO]"
+    )]
+    pub publish: Vec<String>,
+    /// Publish every --expose port on a free host port from the config's
+    /// "published-port-range" (default 32768-60999).
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// A port the endpoint serves (repeatable); published by -P.
+    #[arg(long, value_name = "PORT[-END][/PROTO]")]
+    pub expose: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("mappings_or_file").required(true).multiple(true).args(["mappings", "file"])))]
+pub struct PublishArgs {
+    /// `[HOSTIP:][HOSTPORT[-END]]:CONTAINER:PORT[-END][/tcp|/udp]`; CONTAINER is an endpoint's
+    /// IPv4 address or its name; no HOSTPORT: a free one; HOSTIP `[::1]` style for IPv6.
+    #[arg(value_name = "MAPPING")]
+    pub mappings: Vec<String>,
+    /// Read mappings from FILE, one per line (`#` starts a comment; `-` reads stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["mappings", "file", "endpoint"])))]
+pub struct UnpublishArgs {
+    /// The mappings as published (same forms); no HOSTPORT matches any host port.
+    #[arg(value_name = "MAPPING")]
+    pub mappings: Vec<String>,
+    /// Read mappings from FILE, one per line (`#` starts a comment; `-` reads stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Unpublish every port of this endpoint.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["mappings", "file"])]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Endpoint whose published ports to show.
+    #[arg(required_unless_present = "all")]
+    pub name: Option<String>,
+    /// Only this container port: prints its host addresses (`0.0.0.0:8080`).
+    #[arg(value_name = "PORT[/PROTO]")]
+    pub port: Option<String>,
+    /// Every endpoint's published ports, grouped by endpoint.
+    #[arg(long, conflicts_with_all = ["name", "port"])]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -254,5 +316,61 @@ mod tests {
         assert!(parse(&["network", "create"]).is_err());
         assert!(parse(&["attach", "br0", "ns"]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn publish_commands_parse() {
+        let cli = parse(&[
+            "endpoint",
+            "create",
+            "web",
+            "-p",
+            "8080:80",
+            "-p",
+            "127.0.0.1::5000/udp",
+            "-p",
+            ":443",
+            "-P",
+            "--expose",
+            "9000",
+            "--expose",
+            "53/udp",
+        ])
+        .unwrap();
+        let Command::Endpoint(EndpointCommand::Create(a)) = cli.command else {
+            panic!("not endpoint create")
+        };
+        assert_eq!(a.publish, ["8080:80", "127.0.0.1::5000/udp", ":443"]);
+        assert!(a.publish_all);
+        assert_eq!(a.expose, ["9000", "53/udp"]);
+
+        let Command::Publish(p) = parse(&["publish", "80:172.17.0.2:80", ":web:81", "-f", "-"])
+            .unwrap()
+            .command
+        else {
+            panic!("not publish")
+        };
+        assert_eq!(p.mappings, ["80:172.17.0.2:80", ":web:81"]);
+        assert_eq!(p.file.as_deref(), Some(std::path::Path::new("-")));
+        assert!(parse(&["publish"]).is_err(), "needs a mapping or -f");
+
+        let Command::Unpublish(u) = parse(&["unpublish", "--endpoint", "web"]).unwrap().command
+        else {
+            panic!("not unpublish")
+        };
+        assert_eq!(u.endpoint.as_deref(), Some("web"));
+        assert!(parse(&["unpublish"]).is_err());
+        assert!(parse(&["unpublish", "--endpoint", "web", "80:web:80"]).is_err());
+
+        let Command::Port(p) = parse(&["port", "web", "80/udp"]).unwrap().command else {
+            panic!("not port")
+        };
+        assert_eq!(
+            (p.name.as_deref(), p.port.as_deref(), p.all),
+            (Some("web"), Some("80/udp"), false)
+        );
+        assert!(parse(&["port", "--all"]).is_ok());
+        assert!(parse(&["port"]).is_err());
+        assert!(parse(&["port", "web", "--all"]).is_err());
     }
 }

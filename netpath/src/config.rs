@@ -1,10 +1,11 @@
 //! Owns the host config file: a JSON object using Docker's daemon.json keys where they apply
-//! (plus two netpath keys), its validation, and what follows from it: the default network's
+//! (plus netpath's own keys), its validation, and what follows from it: the default network's
 //! settings and the endpoints' resolv.conf.
 //!
 //! Keys: `bip`, `fixed-cidr`, `fixed-cidr-v6` (validated and kept, not used yet: netpath is
 //! IPv4-only today), `mtu`, `default-gateway`, `dns`, `dns-search`, `dns-opts`, `bridge`,
-//! `icc`, `ip`, `ip-masq`, and the netpath extensions `uplinks` and `nat-port-range`.
+//! `icc`, `ip`, `ip-masq`, and the netpath extensions `uplinks`, `nat-port-range` and
+//! `published-port-range`.
 //! Unknown keys are refused, as dockerd does, so a typo never passes silently.
 use std::{
     fmt::Write as _,
@@ -62,6 +63,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ip-masq",
     "uplinks",
     "nat-port-range",
+    "published-port-range",
 ];
 
 /// Default network without `bip`, like docker0.
@@ -71,6 +73,12 @@ pub const DEFAULT_BRIDGE: &str = "np0";
 pub const DEFAULT_MTU: u32 = 1500;
 /// Linux's default `ip_local_port_range`, so masqueraded flows look like local ones.
 pub const DEFAULT_NAT_PORTS: PortRange = PortRange {
+    first: 32768,
+    last: 60999,
+};
+/// Host ports `-P` and publishes without a host port pick from: Linux's ephemeral range, as
+/// Docker does.
+pub const DEFAULT_PUBLISHED_PORTS: PortRange = PortRange {
     first: 32768,
     last: 60999,
 };
@@ -127,6 +135,9 @@ pub struct HostConfig {
     pub uplinks: Vec<String>,
     /// `nat-port-range` (netpath): source ports masquerade may pick.
     pub nat_ports: PortRange,
+    /// `published-port-range` (netpath): host ports for publishes that name none (`-P`,
+    /// `-p 80`, `127.0.0.1::80`).
+    pub published_ports: PortRange,
     /// File the config came from, named in later errors.
     origin: Option<PathBuf>,
 }
@@ -148,6 +159,7 @@ impl Default for HostConfig {
             ip_masq: true,
             uplinks: Vec::new(),
             nat_ports: DEFAULT_NAT_PORTS,
+            published_ports: DEFAULT_PUBLISHED_PORTS,
             origin: None,
         }
     }
@@ -293,6 +305,11 @@ impl HostConfig {
             }
             None => DEFAULT_NAT_PORTS,
         };
+        let published_ports = match keys.string("published-port-range")? {
+            Some(text) => parse_port_range(&text)
+                .map_err(|reason| keys.invalid("published-port-range", reason))?,
+            None => DEFAULT_PUBLISHED_PORTS,
+        };
 
         let config = Self {
             bip: bip.map(|(gateway, subnet)| BridgeIp { gateway, subnet }),
@@ -309,6 +326,7 @@ impl HostConfig {
             ip_masq,
             uplinks,
             nat_ports,
+            published_ports,
             origin: Some(origin.to_path_buf()),
         };
         // Keys that only make sense together (bip, fixed-cidr, default-gateway) and the MTU
@@ -325,6 +343,11 @@ impl HostConfig {
     /// (first, last) source port masquerade may use.
     pub fn nat_port_range(&self) -> (u16, u16) {
         (self.nat_ports.first, self.nat_ports.last)
+    }
+
+    /// (first, last) host port a publish without a host port may get.
+    pub fn published_port_range(&self) -> (u16, u16) {
+        (self.published_ports.first, self.published_ports.last)
     }
 
     /// Subnet, gateway, range, MTU, device and policy of the default network `bridge`.
@@ -619,6 +642,7 @@ mod tests {
         assert!(d.icc && d.ip_masq);
         assert_eq!(d.default_host_ip, Ipv4Addr::UNSPECIFIED);
         assert_eq!(d.nat_port_range(), (32768, 60999));
+        assert_eq!(d.published_port_range(), (32768, 60999));
         assert_eq!(d.mtu_or_default(), 1500);
     }
 
@@ -639,7 +663,8 @@ mod tests {
                 "ip": "192.168.1.10",
                 "ip-masq": false,
                 "uplinks": ["eth0", "wlan0"],
-                "nat-port-range": "40000-50000"
+                "nat-port-range": "40000-50000",
+                "published-port-range": "20000-20099"
             }"#,
         )
         .expect("valid config");
@@ -668,6 +693,7 @@ mod tests {
         assert_eq!(c.default_host_ip, ip("192.168.1.10"));
         assert_eq!(c.uplinks, ["eth0", "wlan0"]);
         assert_eq!(c.nat_port_range(), (40000, 50000));
+        assert_eq!(c.published_port_range(), (20000, 20099));
         assert_eq!(
             c.default_network_settings().expect("valid"),
             DefaultNetworkSettings {
@@ -905,6 +931,16 @@ mod tests {
                 "nat-port-range",
                 "expected a string",
             ),
+            (
+                r#"{"published-port-range": "9000-8000"}"#,
+                "published-port-range",
+                "\"9000-8000\" is not a port range; write FIRST-LAST with 1 <= FIRST <= LAST <= 65535",
+            ),
+            (
+                r#"{"published-port-range": "0-10"}"#,
+                "published-port-range",
+                "is not a port range",
+            ),
         ];
         for (text, key, expected) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -924,6 +960,7 @@ mod tests {
             r#"{"mtu": 65535}"#,
             r#"{"nat-port-range": "1-65535"}"#,
             r#"{"nat-port-range": "5000-5000"}"#,
+            r#"{"published-port-range": "8080-8080"}"#,
             r#"{"bip": "10.0.0.1/30", "fixed-cidr": "10.0.0.0/30", "default-gateway": "10.0.0.2"}"#,
             r#"{"fixed-cidr-v6": "::/0"}"#,
             r#"{"bridge": "abcdefghijklmno"}"#,

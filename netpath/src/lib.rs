@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod ports;
 pub mod store;
 pub mod sys;
 

@@ -6,7 +6,7 @@ use clap::Parser as _;
 use netpath::{
     app::App,
     cli::{Cli, Command, EndpointCommand, NetworkCommand},
-    commands::{bridge_attach, endpoint, inspect, network, reconcile},
+    commands::{bridge_attach, endpoint, inspect, network, publish, reconcile},
     instance::Instance,
 };
 
@@ -37,6 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             | Command::Purge { .. }
             | Command::Reconcile
             | Command::Daemon { .. }
+            | Command::Port(_)
             | Command::Network(NetworkCommand::Ls | NetworkCommand::Inspect { .. })
             | Command::Endpoint(EndpointCommand::Ls | EndpointCommand::Inspect { .. })
     );
@@ -100,6 +101,23 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Detach(d) => {
             bridge_attach::detach(&mut app, &d.bridge, &d.netns)?;
             String::new()
+        }
+        Command::Publish(p) => {
+            let records = publish::publish(&mut app, &p.mappings, p.file.as_deref())?;
+            publish::describe(&records)
+        }
+        Command::Unpublish(u) => {
+            let records = publish::unpublish(
+                &mut app,
+                &u.mappings,
+                u.file.as_deref(),
+                u.endpoint.as_deref(),
+            )?;
+            publish::describe(&records)
+        }
+        Command::Port(p) => {
+            let name = if p.all { None } else { p.name.as_deref() };
+            publish::port(&app, name, p.port.as_deref())?
         }
         Command::Stats => inspect::stats(&app)?,
         Command::Status => inspect::status(&app)?,

@@ -1,6 +1,10 @@
-//! Owns the control plane's record types: networks, endpoints and their attachments, as they are
-//! kept in the store and shown by `inspect`. Pure data: no I/O here.
-use std::{net::Ipv4Addr, path::PathBuf};
+//! Owns the control plane's record types: networks, endpoints and their attachments, published
+//! ports, as they are kept in the store and shown by `inspect`. Pure data: no I/O here.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -113,5 +117,64 @@ impl BridgeAttachment {
     /// namespace); `delete_bridge_attachment` takes the same string.
     pub fn store_key(&self) -> String {
         self.netns.display().to_string()
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number, as the datapath keys it.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => netpath_common::IPPROTO_TCP,
+            Self::Udp => netpath_common::IPPROTO_UDP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One published port: connections to (`host_ip`, `host_port`, `protocol`) go to
+/// `container_port` of `endpoint` on `network`. The endpoint is kept by name, not by address
+/// or interface index, because reconcile may recreate its veth; both are resolved whenever
+/// the datapath entry is written. A host range is stored as one record per port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPortRecord {
+    /// `0.0.0.0` means every address of the host.
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub protocol: Protocol,
+    pub endpoint: String,
+    /// The network of the endpoint attachment the traffic goes to.
+    pub network: String,
+    pub container_port: u16,
+}
+
+impl PublishedPortRecord {
+    /// The host side as written by `docker port`: `0.0.0.0:8080`, `[::]:8080`.
+    pub fn host_socket(&self) -> SocketAddr {
+        SocketAddr::new(self.host_ip, self.host_port)
+    }
+
+    /// Key of the record in the store, unique per host port: `0.0.0.0:8080/tcp`.
+    pub fn store_key(&self) -> String {
+        format!("{}/{}", self.host_socket(), self.protocol)
     }
 }

@@ -1,5 +1,5 @@
 //! Owns the embedded, crash-safe state store (one redb file per instance): networks,
-//! endpoints, bridge attachments, meta values and counters, read directly or changed in
+//! endpoints, bridge attachments, published ports, meta values and counters, read directly or changed in
 //! atomic write transactions. Records are JSON of the `model` types, keyed by name.
 use std::{
     collections::BTreeMap,
@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::{
     ipam,
-    model::{BridgeAttachment, Endpoint, Network},
+    model::{BridgeAttachment, Endpoint, Network, PublishedPortRecord},
 };
 
 /// Why the store could not be opened, read or written.
@@ -71,6 +71,9 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
 const NETWORKS: TableDefinition<&str, &str> = TableDefinition::new("networks");
 const ENDPOINTS: TableDefinition<&str, &str> = TableDefinition::new("endpoints");
 const BRIDGE_ATTACHMENTS: TableDefinition<&str, &str> = TableDefinition::new("bridge_attachments");
+/// Published ports keyed by [`PublishedPortRecord::store_key`]; added without a schema bump
+/// because older stores simply get the empty table on open.
+const PUBLISHED_PORTS: TableDefinition<&str, &str> = TableDefinition::new("published_ports");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -152,7 +155,13 @@ impl Store {
     /// Creates the tables of a new file and checks the schema version of an existing one.
     fn prepare(&self) -> Result<()> {
         self.write(|tx| {
-            for table in [NETWORKS, ENDPOINTS, BRIDGE_ATTACHMENTS, META] {
+            for table in [
+                NETWORKS,
+                ENDPOINTS,
+                BRIDGE_ATTACHMENTS,
+                PUBLISHED_PORTS,
+                META,
+            ] {
                 tx.txn.open_table(table).in_store(tx.path)?;
             }
             tx.txn.open_table(COUNTERS).in_store(tx.path)?;
@@ -258,6 +267,16 @@ impl Store {
         )
     }
 
+    /// All published ports, sorted by key (host address, port, protocol).
+    pub fn published_ports(&self) -> Result<Vec<PublishedPortRecord>> {
+        let txn = self.db.begin_read().in_store(&self.path)?;
+        all_records(
+            &txn.open_table(PUBLISHED_PORTS).in_store(&self.path)?,
+            "published_ports",
+            &self.path,
+        )
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         let txn = self.db.begin_read().in_store(&self.path)?;
         let table = txn.open_table(META).in_store(&self.path)?;
@@ -313,6 +332,61 @@ impl StoreTxn<'_> {
     /// whether there was such an attachment.
     pub fn delete_bridge_attachment(&mut self, netns: &str) -> Result<bool> {
         self.delete(BRIDGE_ATTACHMENTS, netns)
+    }
+
+    /// Keyed by [`PublishedPortRecord::store_key`]: one record per host port, so a second
+    /// put for the same host port replaces the first (callers check ownership before).
+    pub fn put_published_port(&mut self, record: &PublishedPortRecord) -> Result<()> {
+        self.put(
+            PUBLISHED_PORTS,
+            &record.store_key(),
+            record,
+            "published port",
+        )
+    }
+
+    /// `key` is [`PublishedPortRecord::store_key`]. Returns whether there was such a record.
+    pub fn delete_published_port(&mut self, key: &str) -> Result<bool> {
+        self.delete(PUBLISHED_PORTS, key)
+    }
+
+    /// [`StoreTxn::put_published_port`] for a whole batch, opening the table once.
+    pub fn put_published_ports(&mut self, records: &[PublishedPortRecord]) -> Result<()> {
+        let mut table = self.txn.open_table(PUBLISHED_PORTS).in_store(self.path)?;
+        for record in records {
+            let key = record.store_key();
+            let json = serde_json::to_string(record).map_err(|source| StoreError::Encode {
+                what: format!("published port {key}"),
+                source,
+            })?;
+            table
+                .insert(key.as_str(), json.as_str())
+                .in_store(self.path)?;
+        }
+        Ok(())
+    }
+
+    /// [`StoreTxn::delete_published_port`] for a whole batch; returns how many existed.
+    pub fn delete_published_ports<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<usize> {
+        let mut table = self.txn.open_table(PUBLISHED_PORTS).in_store(self.path)?;
+        let mut removed = 0;
+        for key in keys {
+            if table.remove(key).in_store(self.path)?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn published_ports(&self) -> Result<Vec<PublishedPortRecord>> {
+        all_records(
+            &self.txn.open_table(PUBLISHED_PORTS).in_store(self.path)?,
+            "published_ports",
+            self.path,
+        )
     }
 
     /// Sets a meta value (e.g. the namespace the instance serves). `schema_version` is the

@@ -89,6 +89,19 @@ impl TcpEchoServer {
         snapshot(&self.peers)
     }
 
+    /// Peers once at least `n` connections were accepted, waiting up to 2 s: the accept loop
+    /// polls, so a connection the client already closed may not be counted yet.
+    pub fn wait_for_peers(&self, n: usize) -> Vec<SocketAddr> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let peers = self.peers();
+            if peers.len() >= n || std::time::Instant::now() > deadline {
+                return peers;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddrV4 {
         self.addr

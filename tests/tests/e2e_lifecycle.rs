@@ -524,3 +524,54 @@ fn netlink_clsact_attach_mode_works_too() {
         .run_ok(&["tc", "filter", "show", "dev", &veth, "ingress"]);
     assert!(String::from_utf8_lossy(&filters.stdout).contains("np_from_ep"));
 }
+
+#[test]
+fn a_recreated_uplink_gets_its_program_back() {
+    let lab = Lab::new();
+    lab.netpath_ok(&["endpoint", "create", "out"]);
+    assert!(ping(&lab.endpoint_ns("out"), &lab.lan_ip.to_string()));
+    // The uplink disappears and comes back under the same name: a new device, whose ingress
+    // has no program although the old link's pin is still there.
+    let (host_ip, lan_ip) = (
+        format!("{}/24", lab.host_uplink_ip),
+        format!("{}/24", lab.lan_ip),
+    );
+    lab.host.run_ok(&["ip", "link", "del", "up0"]);
+    lab.host.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lan0",
+        "netns",
+        &lab.lan.name,
+    ]);
+    lab.host
+        .run_ok(&["ip", "addr", "add", &host_ip, "dev", "up0"]);
+    lab.host.run_ok(&["ip", "link", "set", "up0", "up"]);
+    lab.host.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &lab.lan_ip.to_string(),
+    ]);
+    lab.lan
+        .run_ok(&["ip", "addr", "add", &lan_ip, "dev", "lan0"]);
+    lab.lan.run_ok(&["ip", "link", "set", "lan0", "up"]);
+    let notes = lab.netpath_ok(&["reconcile"]);
+    let before = lab.stat("snat_reply_in");
+    assert!(
+        ping(&lab.endpoint_ns("out"), &lab.lan_ip.to_string()),
+        "masquerade broken after the uplink came back ({notes})"
+    );
+    assert!(
+        lab.stat("snat_reply_in") > before,
+        "replies did not take the eBPF path"
+    );
+}

@@ -10,7 +10,7 @@ use crate::{
     addr::MacAddr,
     app::{App, AppError, Result, endpoint_entry, now_secs, parse_ipv4_arg},
     cli::EndpointCreateArgs,
-    commands::network,
+    commands::{network, publish},
     instance::{host_veth_name, peer_veth_name},
     ipam,
     model::{Attachment, Endpoint, EndpointMode, HOST_NETWORK, Lifecycle, NONE_NETWORK, Network},
@@ -214,6 +214,8 @@ pub fn create(app: &mut App, args: &EndpointCreateArgs) -> Result<Endpoint> {
         state: Lifecycle::Creating,
         created: now_secs(),
     };
+    // Published ports are checked before anything is made, and recorded with the Ready record.
+    let published = publish::plan_for_new_endpoint(app, &ep, args)?;
     // Reserve the name and address before touching the kernel.
     app.store.write(|tx| tx.put_endpoint(&ep))?;
     sys::crash_point("endpoint-reserved");
@@ -227,7 +229,15 @@ pub fn create(app: &mut App, args: &EndpointCreateArgs) -> Result<Endpoint> {
     for a in &mut ep.attachments {
         a.state = Lifecycle::Ready;
     }
-    app.store.write(|tx| tx.put_endpoint(&ep))?;
+    app.store.write(|tx| {
+        tx.put_endpoint(&ep)?;
+        tx.put_published_ports(&published)
+    })?;
+    if let Err(e) = publish::install(app, &published) {
+        // install took its records back; the endpoint goes too, so the command changed nothing.
+        let _ = remove(app, &ep.name);
+        return Err(e);
+    }
     Ok(ep)
 }
 
@@ -382,8 +392,19 @@ pub fn remove(app: &mut App, name: &str) -> Result<()> {
             sharers.join(", ")
         )));
     }
+    // Its published ports go with the Removing mark; their entries before the veths.
+    let published = publish::records_of(app, name, None)?;
+    let keys: Vec<String> = published.iter().map(|r| r.store_key()).collect();
     ep.state = Lifecycle::Removing;
-    app.store.write(|tx| tx.put_endpoint(&ep))?;
+    app.store.write(|tx| {
+        tx.put_endpoint(&ep)?;
+        tx.delete_published_ports(keys.iter().map(String::as_str))
+    })?;
+    if let Err(e) = publish::uninstall(app, &published) {
+        log::warn!(
+            "endpoint {name}: removing its published ports from the datapath: {e}; reconcile finishes it"
+        );
+    }
     undo(app, &ep);
     app.store.write(|tx| tx.delete_endpoint(name))?;
     Ok(())
@@ -448,7 +469,18 @@ pub fn disconnect(app: &mut App, network_name: &str, name: &str) -> Result<()> {
     };
     let att = ep.attachments[pos].clone();
     ep.attachments[pos].state = Lifecycle::Removing;
-    app.store.write(|tx| tx.put_endpoint(&ep))?;
+    // Ports published to this attachment go with it.
+    let published = publish::records_of(app, name, Some(network_name))?;
+    let keys: Vec<String> = published.iter().map(|r| r.store_key()).collect();
+    app.store.write(|tx| {
+        tx.put_endpoint(&ep)?;
+        tx.delete_published_ports(keys.iter().map(String::as_str))
+    })?;
+    if let Err(e) = publish::uninstall(app, &published) {
+        log::warn!(
+            "endpoint {name}: removing its published ports on {network_name} from the datapath: {e}; reconcile finishes it"
+        );
+    }
     unplumb_attachment(app, &att);
     ep.attachments.remove(pos);
     app.store.write(|tx| tx.put_endpoint(&ep))?;
@@ -567,10 +599,7 @@ pub fn reconcile(app: &mut App, ep: &Endpoint) -> Result<Vec<String>> {
                         ep.name, att.host_veth
                     ));
                 }
-                if !dp
-                    .attached_interfaces(program_name::FROM_ENDPOINT)?
-                    .contains(&att.host_veth)
-                {
+                if !dp.is_attached(&att.host_veth, link.index, program_name::FROM_ENDPOINT) {
                     dp.attach_ingress(&att.host_veth, program_name::FROM_ENDPOINT)?;
                     notes.push(format!(
                         "endpoint {}: re-attached {} to {}",
@@ -604,7 +633,14 @@ pub fn reconcile(app: &mut App, ep: &Endpoint) -> Result<Vec<String>> {
 /// Used by `purge`: removes an endpoint whatever its state.
 pub fn force_remove(app: &mut App, ep: &Endpoint) -> Result<()> {
     undo(app, ep);
-    app.store.write(|tx| tx.delete_endpoint(&ep.name))?;
+    let keys: Vec<String> = publish::records_of(app, &ep.name, None)?
+        .iter()
+        .map(|r| r.store_key())
+        .collect();
+    app.store.write(|tx| {
+        tx.delete_published_ports(keys.iter().map(String::as_str))?;
+        tx.delete_endpoint(&ep.name)
+    })?;
     Ok(())
 }
 

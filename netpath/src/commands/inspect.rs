@@ -58,17 +58,17 @@ pub fn status(app: &App) -> Result<String> {
     for (name, id) in dp.program_ids() {
         let ifaces = dp.attached_interfaces(name).unwrap_or_default();
         let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
-        let hook = if name == program_name::FROM_UPLINK {
-            "uplink ingress"
+        let hook = program_name::hook(name);
+        let place = if program_name::CGROUP.contains(&name) {
+            if ifaces.is_empty() {
+                "not attached (host sockets need Linux >= 5.14 and cgroup v2)".to_string()
+            } else {
+                "on the cgroup v2 root".to_string()
+            }
         } else {
-            "endpoint veth ingress"
+            format!("on {} interface(s): {}", ifaces.len(), ifaces.join(" "))
         };
-        let _ = writeln!(
-            out,
-            "  {name:<12} id {id:<6} {hook:<22} on {} interface(s): {}",
-            ifaces.len(),
-            ifaces.join(" ")
-        );
+        let _ = writeln!(out, "  {name:<12} id {id:<6} {hook:<22} {place}");
     }
     let links = app.block_on(app.nl().links()).unwrap_or_default();
     let _ = writeln!(out, "uplinks:");

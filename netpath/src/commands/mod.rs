@@ -4,4 +4,5 @@ pub mod bridge_attach;
 pub mod endpoint;
 pub mod inspect;
 pub mod network;
+pub mod publish;
 pub mod reconcile;

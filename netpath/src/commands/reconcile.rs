@@ -7,7 +7,7 @@ use netpath_common::program_name;
 
 use crate::{
     app::{App, Result, is_netpath_device},
-    commands::{endpoint, network},
+    commands::{endpoint, network, publish},
     model::Lifecycle,
     netns,
 };
@@ -107,6 +107,8 @@ pub fn reconcile(app: &mut App) -> Result<Vec<String>> {
             }
         }
     }
+    // Published ports: NP_PORTS rewritten from the records, with today's veth ifindexes.
+    notes.extend(publish::sync(app)?);
     // Namespaces named for this instance (named instances only: the default instance's names
     // carry no prefix, so they cannot be told apart from anyone else's).
     if !app.instance.is_default() {
@@ -162,6 +164,7 @@ pub fn purge(app: &mut App) -> Result<Vec<String>> {
         for iface in dp.attached_interfaces(program_name::FROM_UPLINK)? {
             dp.detach_ingress(&iface, program_name::FROM_UPLINK)?;
         }
+        dp.detach_all_cgroup()?;
     }
     if !app.instance.is_default() {
         let prefix = format!("{}-", app.instance.name());

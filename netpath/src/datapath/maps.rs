@@ -5,7 +5,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use netpath_common::{
     AddrKey, ConntrackEntry, DatapathConfig, EndpointEntry, FlowKey, NatEntry, NetworkEntry,
-    UplinkEntry, counter, drop_reason, map_name,
+    PortKey, PublishedPort, UplinkEntry, counter, drop_reason, map_name,
 };
 
 use super::{DatapathError, Result};
@@ -38,6 +38,7 @@ pub struct Maps {
     uplinks: HashMap<MapData, u32, UplinkEntry>,
     conntrack: HashMap<MapData, FlowKey, ConntrackEntry>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
+    ports: HashMap<MapData, PortKey, PublishedPort>,
     config: Array<MapData, DatapathConfig>,
     dir: std::path::PathBuf,
 }
@@ -52,6 +53,7 @@ impl Maps {
             uplinks: hash(pin_dir, map_name::UPLINKS)?,
             conntrack: hash(pin_dir, map_name::CONNTRACK)?,
             nat: hash(pin_dir, map_name::NAT)?,
+            ports: hash(pin_dir, map_name::PORTS)?,
             config: Array::try_from(config).map_err(map_err(map_name::CONFIG))?,
             dir: pin_dir.to_path_buf(),
         })
@@ -139,6 +141,23 @@ impl Maps {
         self.config
             .set(0, config, 0)
             .map_err(map_err(map_name::CONFIG))
+    }
+
+    /// Publishes one host port: new connections to `key` go to `value` from now on.
+    pub fn put_port(&mut self, key: &PortKey, value: &PublishedPort) -> Result<()> {
+        self.ports
+            .insert(key, value, 0)
+            .map_err(map_err(map_name::PORTS))
+    }
+
+    /// Unpublishes one host port (absent is fine). Only new connections are affected: flows
+    /// already translated keep their conntrack entries until they go idle.
+    pub fn remove_port(&mut self, key: &PortKey) -> Result<()> {
+        ignore_missing(self.ports.remove(key)).map_err(map_err(map_name::PORTS))
+    }
+
+    pub fn port_entries(&self) -> Vec<(PortKey, PublishedPort)> {
+        self.ports.iter().filter_map(|r| r.ok()).collect()
     }
 
     pub fn conntrack_entries(&self) -> Vec<(FlowKey, ConntrackEntry)> {

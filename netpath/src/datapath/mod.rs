@@ -11,6 +11,11 @@
 //! bpffs holds only BPF objects, so what netpath records about them (the loaded version, the
 //! attach mode, which interfaces have netlink filters) lives in a plain directory beside it,
 //! under the instance's run dir.
+//!
+//! The cgroup `sock_addr` programs (host sockets to published ports) are attached to the
+//! cgroup v2 root as bpf_links (always multi-attach), one link per program pinned as
+//! `links/<program>@cgroup`; an upgrade moves those links too. They act only in the namespace
+//! whose cookie is in `NP_CONFIG` (see [`netns_cookie`]).
 pub mod maps;
 pub mod testrun;
 
@@ -22,13 +27,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
-use netpath_common::{map_name, program_name};
+use netpath_common::{AddrKey, map_name, program_name};
 use thiserror::Error;
 
 use crate::{EBPF_OBJECT, sys};
@@ -185,7 +192,8 @@ impl Datapath {
         };
         let version_file = meta_dir.join("version");
         let pinned = fs::read_to_string(&version_file).unwrap_or_default();
-        let all_programs_pinned = program_name::ALL.iter().all(|p| dp.program_pin(p).exists());
+        // The cgroup programs are optional (see `load_and_pin`); the TC ones are the datapath.
+        let all_programs_pinned = program_name::TC.iter().all(|p| dp.program_pin(p).exists());
         if pinned.trim() == object_version() && all_programs_pinned {
             return Ok(dp);
         }
@@ -249,29 +257,65 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf: Ebpf = loader.load(EBPF_OBJECT)?;
-        for name in program_name::ALL {
+        let missing = |name: &str| DatapathError::BadPin {
+            path: self.program_pin(name),
+            detail: format!("program {name} missing from the object"),
+        };
+        for name in program_name::TC {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
-                .ok_or_else(|| DatapathError::BadPin {
-                    path: self.program_pin(name),
-                    detail: format!("program {name} missing from the object"),
-                })?
+                .ok_or_else(|| missing(name))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            let pin = self.program_pin(name);
-            let tmp = pin.with_file_name(format!("prog_{name}@new"));
-            let _ = fs::remove_file(&tmp);
-            prog.pin(&tmp).map_err(|e| DatapathError::BadPin {
-                path: tmp.clone(),
-                detail: error_chain(&e),
-            })?;
-            // rename(2) replaces the old pin atomically; the old program stays alive as long
-            // as links still use it.
-            fs::rename(&tmp, &pin).map_err(io_err("rename", &pin))?;
+            self.pin_program(name, |path| prog.pin(path))?;
+        }
+        for name in program_name::CGROUP {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| missing(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            // Host-local access to published ports is the only thing these serve: a kernel
+            // that refuses them (older than the helpers they use) keeps the rest working.
+            if let Err(e) = prog.load() {
+                eprintln!(
+                    "netpath: warning: the kernel refused {name} ({}); host processes cannot reach published ports",
+                    error_chain(&e)
+                );
+                let _ = fs::remove_file(self.program_pin(name));
+                continue;
+            }
+            self.pin_program(name, |path| prog.pin(path))?;
         }
         Ok(())
+    }
+
+    /// Pins a loaded program at `prog_<name>`: first under a temporary name, then rename(2)
+    /// replaces the old pin atomically; the old program stays alive as long as links use it.
+    fn pin_program(
+        &self,
+        name: &str,
+        pin: impl FnOnce(&Path) -> std::result::Result<(), aya::pin::PinError>,
+    ) -> Result<()> {
+        let path = self.program_pin(name);
+        let tmp = path.with_file_name(format!("prog_{name}@new"));
+        let _ = fs::remove_file(&tmp);
+        pin(&tmp).map_err(|e| DatapathError::BadPin {
+            path: tmp.clone(),
+            detail: error_chain(&e),
+        })?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+    }
+
+    /// An fd of the pinned program `name`, whatever its type.
+    fn program_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
+        let path = self.program_pin(name);
+        bpf_obj_get(&path).map_err(|e| DatapathError::BadPin {
+            path,
+            detail: e.to_string(),
+        })
     }
 
     fn program(&self, name: &'static str) -> Result<SchedClassifier> {
@@ -286,7 +330,13 @@ impl Datapath {
             let Some(name) = program_name::ALL.iter().copied().find(|p| *p == program) else {
                 continue;
             };
-            let prog = self.program(name)?;
+            if program_name::CGROUP.contains(&name) && !self.program_pin(name).exists() {
+                // The new object's program did not load here: drop the old attachment.
+                let _ = fs::remove_file(self.link_pin(&interface, name));
+                continue;
+            }
+            // tcx and cgroup links alike.
+            let prog = self.program_fd(name)?;
             let link_path = self.link_pin(&interface, name);
             let link = bpf_obj_get(&link_path).map_err(|e| DatapathError::BadPin {
                 path: link_path.clone(),
@@ -295,10 +345,7 @@ impl Datapath {
             // struct { u32 link_fd; u32 new_prog_fd; u32 flags; u32 old_prog_fd; }
             let attr: [u32; 4] = [
                 link.as_raw_fd() as u32,
-                prog.fd()
-                    .map_err(|source| DatapathError::Program { name, source })?
-                    .as_fd()
-                    .as_raw_fd() as u32,
+                prog.as_fd().as_raw_fd() as u32,
                 0,
                 0,
             ];
@@ -427,8 +474,11 @@ impl Datapath {
                     .take_link(id)
                     .map_err(|e| attach_err(error_chain(&e)))?;
                 std::mem::forget(link);
+                // The marker holds the ifindex, so a filter on a since-deleted device of the
+                // same name is not taken for a live one.
                 let marker = self.netlink_marker(interface, program);
-                fs::write(&marker, b"").map_err(io_err("write", &marker))?;
+                let ifindex = ifindex_of(interface).unwrap_or(0);
+                fs::write(&marker, ifindex.to_string()).map_err(io_err("write", &marker))?;
             }
         }
         Ok(())
@@ -454,6 +504,19 @@ impl Datapath {
         Ok(())
     }
 
+    /// True when `program` is attached to the device `interface` as it is now (`ifindex`): a
+    /// pin or marker left from a deleted device of the same name does not count.
+    pub fn is_attached(&self, interface: &str, ifindex: u32, program: &str) -> bool {
+        let pin = self.link_pin(interface, program);
+        if pin.exists() {
+            return tcx_link_ifindex(&pin) == Some(ifindex);
+        }
+        fs::read_to_string(self.netlink_marker(interface, program))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            == Some(ifindex)
+    }
+
     /// Interfaces that have `program` attached, as recorded in the pin directory.
     pub fn attached_interfaces(&self, program: &str) -> Result<Vec<String>> {
         let mut all = self.pinned_links()?;
@@ -466,6 +529,92 @@ impl Datapath {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// Attaches every cgroup program to the cgroup v2 root (`cgroup2_mount`), unless its
+    /// pinned link exists already (an upgrade moves existing links to the new programs).
+    /// As bpf_links, which the kernel always attaches in multi mode: other instances' programs
+    /// and anyone else's stay attached beside them.
+    pub fn attach_cgroup_programs(&self) -> Result<()> {
+        let root = sys::cgroup2_mount().ok_or_else(|| DatapathError::Attach {
+            program: program_name::SOCK_CONNECT4,
+            interface: CGROUP_LINK.into(),
+            detail: "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)".into(),
+        })?;
+        for (name, attach_type) in cgroup_programs() {
+            let pin = self.link_pin(CGROUP_LINK, name);
+            if pin.exists() || !self.program_pin(name).exists() {
+                continue;
+            }
+            let attach_err = |detail: String| DatapathError::Attach {
+                program: name,
+                interface: format!("cgroup {}", root.display()),
+                detail,
+            };
+            let cgroup = fs::File::open(&root).map_err(io_err("open", &root))?;
+            let mut prog = CgroupSockAddr::from_pin(self.program_pin(name), attach_type)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            // A cgroup bpf_link (what aya makes on Linux >= 5.7) always runs beside the other
+            // programs of the cgroup, as with BPF_F_ALLOW_MULTI; BPF_LINK_CREATE refuses any
+            // flag for cgroups (EINVAL), so the mode must be `Single` (flags 0) here.
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| attach_err(error_chain(&e)))?;
+            // Linux >= 5.7 makes this a bpf_link, which can be pinned and updated.
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| attach_err(error_chain(&e)))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+            let tmp = self.link_pin(CGROUP_LINK, &format!("{name}@new"));
+            let _ = fs::remove_file(&tmp);
+            link.pin(&tmp)
+                .map_err(|e| attach_err(format!("pin link: {}", error_chain(&e))))?;
+            fs::rename(&tmp, &pin).map_err(io_err("rename", &pin))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches every cgroup program of this instance (removing the pin drops the last
+    /// reference to the link). Nothing attached is not an error.
+    pub fn detach_all_cgroup(&self) -> Result<()> {
+        for name in program_name::CGROUP {
+            let pin = self.link_pin(CGROUP_LINK, name);
+            if pin.exists() {
+                if let Ok(link) = PinnedLink::from_pin(&pin)
+                    && let Ok(fd_link) = link.unpin()
+                {
+                    drop(fd_link);
+                }
+                let _ = fs::remove_file(&pin);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `NP_HOST_ADDRS` exactly `addrs` (the served namespace's own IPv4 addresses with
+    /// their interface index): the wildcard published ports apply to these.
+    pub fn sync_host_addrs(&self, addrs: &[(u32, [u8; 4])]) -> Result<()> {
+        let name = map_name::HOST_ADDRS;
+        let map_err = |e| DatapathError::Map(name.into(), e);
+        let md = MapData::from_pin(self.map_pin(name)).map_err(map_err)?;
+        let mut map: BpfHashMap<MapData, AddrKey, u32> =
+            BpfHashMap::try_from(aya::maps::Map::HashMap(md)).map_err(map_err)?;
+        let wanted: Vec<AddrKey> = addrs.iter().map(|(_, a)| AddrKey::v4(*a)).collect();
+        let stale: Vec<AddrKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        for ((ifindex, _), key) in addrs.iter().zip(&wanted) {
+            if map.get(key, 0).ok() != Some(*ifindex) {
+                map.insert(key, ifindex, 0).map_err(map_err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Program ids of the pinned programs, for `status`.
@@ -481,6 +630,92 @@ impl Datapath {
             })
             .collect()
     }
+}
+
+/// The "interface" part of a cgroup program's link pin: `links/<program>@cgroup`.
+const CGROUP_LINK: &str = "cgroup";
+
+/// The cgroup programs and their attach types.
+fn cgroup_programs() -> [(&'static str, CgroupSockAddrAttachType); 4] {
+    [
+        (
+            program_name::SOCK_CONNECT4,
+            CgroupSockAddrAttachType::Connect4,
+        ),
+        (
+            program_name::SOCK_SENDMSG4,
+            CgroupSockAddrAttachType::UDPSendMsg4,
+        ),
+        (
+            program_name::SOCK_RECVMSG4,
+            CgroupSockAddrAttachType::UDPRecvMsg4,
+        ),
+        (
+            program_name::SOCK_GETPEER4,
+            CgroupSockAddrAttachType::GetPeerName4,
+        ),
+    ]
+}
+
+/// Cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux >= 5.14), or 0
+/// when the kernel cannot tell. The cgroup programs compare it with the cookie of every socket
+/// they see; with 0 they do nothing, so host-local access to published ports needs 5.14+.
+pub fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return 0;
+    }
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    if rc != 0 || len as usize != size_of::<u64>() {
+        return 0;
+    }
+    cookie
+}
+
+fn ifindex_of(interface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// The device a pinned tcx link is attached to (0 once that device is gone), read with
+/// BPF_OBJ_GET_INFO_BY_FD: aya exposes no ifindex for links.
+fn tcx_link_ifindex(pin: &Path) -> Option<u32> {
+    const BPF_LINK_TYPE_TCX: u32 = 11;
+    let fd = bpf_obj_get(pin).ok()?;
+    // struct bpf_link_info: u32 type, id, prog_id; pad; union at 16 (tcx: u32 ifindex, attach_type).
+    let mut info = [0u64; 8];
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD (15) with a buffer of the stated length.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 15, &attr, std::mem::size_of::<Attr>()) };
+    let link_type = info[0] as u32;
+    (rc == 0 && link_type == BPF_LINK_TYPE_TCX).then_some(info[2] as u32)
 }
 
 /// Opens a pinned BPF object (BPF_OBJ_GET); aya has no public fd accessor for links.
