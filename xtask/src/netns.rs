@@ -55,6 +55,7 @@ pub fn tcp_echo_once(
     server_ns: &Path,
     bind: SocketAddrV4,
     client_ns: &Path,
+    dial: SocketAddrV4,
     payload: &[u8],
 ) -> io::Result<EchoReport> {
     let listener = in_netns(server_ns, || TcpListener::bind(bind))??;
@@ -62,7 +63,7 @@ pub fn tcp_echo_once(
     std::thread::scope(|s| {
         let server = s.spawn(|| serve_one(&listener, payload.len()));
         let client = in_netns(client_ns, || -> io::Result<(SocketAddr, Vec<u8>)> {
-            let mut stream = TcpStream::connect_timeout(&bind.into(), TIMEOUT)?;
+            let mut stream = TcpStream::connect_timeout(&dial.into(), TIMEOUT)?;
             stream.set_read_timeout(Some(TIMEOUT))?;
             stream.write_all(payload)?;
             let mut echoed = vec![0; payload.len()];

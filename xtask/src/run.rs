@@ -171,6 +171,39 @@ fn steps(lab: &mut DemoLab) -> anyhow::Result<()> {
         report.seen_by_server, report.client
     );
 
+    section("A published port: web's port 80 on the host's port 8080, no proxy process");
+    lab.netpath(&["publish", "8080:web:80"])?;
+    lab.netpath(&["port", "web"])?;
+    let web_server = SocketAddrV4::new(web_ip, 80);
+    let report = lab.echo_via(
+        &web_ns,
+        web_server,
+        &lan_ns,
+        SocketAddrV4::new(HOST_UPLINK_IP, 8080),
+        b"hello web, this is the LAN",
+    )?;
+    if report.seen_by_server.ip() != IpAddr::V4(LAN_IP) {
+        bail!(
+            "web saw the connection come from {}, not from the LAN machine {LAN_IP}",
+            report.seen_by_server
+        );
+    }
+    println!(
+        "# web saw the LAN machine's own address {}: no proxy in between",
+        report.seen_by_server
+    );
+    let host_ns = PathBuf::from(format!("/run/netns/{HOST_NS}"));
+    lab.echo_via(
+        &web_ns,
+        web_server,
+        &host_ns,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080),
+        b"hello web, this is the host",
+    )?;
+    println!(
+        "# a host process reached it on 127.0.0.1:8080: translated at connect() by a cgroup program"
+    );
+
     section("What the datapath did");
     lab.netpath(&["stats"])?;
     lab.netpath(&["status"])?;
@@ -277,14 +310,26 @@ impl DemoLab {
         client_ns: &Path,
         payload: &[u8],
     ) -> anyhow::Result<EchoReport> {
+        self.echo_via(server_ns, server, client_ns, server, payload)
+    }
+
+    /// Like [`Self::echo`], but the client dials `dial` (a published port) instead.
+    fn echo_via(
+        &self,
+        server_ns: &Path,
+        server: SocketAddrV4,
+        client_ns: &Path,
+        dial: SocketAddrV4,
+        payload: &[u8],
+    ) -> anyhow::Result<EchoReport> {
         self.check_interrupt()?;
         println!(
-            "# TCP (Rust sockets): an echo server on {server} in {}, a client in {}",
+            "# TCP (Rust sockets): an echo server on {server} in {}, a client in {} dialling {dial}",
             server_ns.display(),
             client_ns.display()
         );
-        let report = netns::tcp_echo_once(server_ns, server, client_ns, payload)
-            .with_context(|| format!("TCP echo from {} to {server} failed", client_ns.display()))?;
+        let report = netns::tcp_echo_once(server_ns, server, client_ns, dial, payload)
+            .with_context(|| format!("TCP echo from {} to {dial} failed", client_ns.display()))?;
         if report.echoed != payload {
             bail!(
                 "sent {:?} to {server} but got back {:?}",
@@ -293,7 +338,7 @@ impl DemoLab {
             );
         }
         println!(
-            "client {} -> {server}: sent {:?}",
+            "client {} -> {dial}: sent {:?}",
             report.client,
             show_bytes(payload)
         );
@@ -302,7 +347,7 @@ impl DemoLab {
             report.seen_by_server
         );
         println!(
-            "client {} <- {server}: got back {:?}",
+            "client {} <- {dial}: got back {:?}",
             report.client,
             show_bytes(&report.echoed)
         );
