@@ -585,17 +585,8 @@ fn send_reply(
     if rewrite_reply(ctx, ip, l4, nat_addr, nat_port, client, client_port).is_err() {
         return drop_packet(drop_reason::REWRITE_FAILED);
     }
-    let sent = match route {
-        Route::Forward { smac, dmac, .. } => {
-            if csum::set_macs(ctx, dmac, smac).is_err() {
-                return drop_packet(drop_reason::REWRITE_FAILED);
-            }
-            fib::redirect(egress)
-        }
-        _ => fib::redirect_neigh(egress),
-    };
-    if !sent {
-        return drop_packet(drop_reason::REDIRECT_FAILED);
+    if let Err(reason) = fib::send_along(ctx, &route, egress) {
+        return drop_packet(reason);
     }
     count(counter::DNAT_REPLY_OUT);
     TC_ACT_REDIRECT as i32

@@ -11,7 +11,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{parse::Ipv4, zero::zero_in_place};
+use netpath_common::drop_reason;
+
+use crate::{csum, parse::Ipv4, zero::zero_in_place};
 
 const AF_INET: u8 = 2;
 
@@ -140,4 +142,20 @@ pub fn redirect(ifindex: u32) -> bool {
 pub fn redirect_neigh(ifindex: u32) -> bool {
     // SAFETY: NULL params (use the route's next hop) with plen 0.
     redirected(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
+}
+
+/// Sends a rewritten packet out along a FIB result: the looked-up MACs then `bpf_redirect`, or
+/// `bpf_redirect_neigh` when the next hop is not resolved yet. `Err` is the drop reason.
+#[inline(always)]
+pub fn send_along(ctx: &TcContext, route: &Route, egress: u32) -> Result<(), u32> {
+    let sent = match route {
+        Route::Forward { smac, dmac, .. } => {
+            if csum::set_macs(ctx, *dmac, *smac).is_err() {
+                return Err(drop_reason::REWRITE_FAILED);
+            }
+            redirect(egress)
+        }
+        _ => redirect_neigh(egress),
+    };
+    if sent { Ok(()) } else { Err(drop_reason::REDIRECT_FAILED) }
 }

@@ -59,6 +59,18 @@ pub enum EndpointMode {
     Container(String),
 }
 
+impl std::fmt::Display for EndpointMode {
+    /// As `docker run --net` spells it: `bridge`, `none`, `host`, `container:OTHER`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bridge => f.write_str("bridge"),
+            Self::None => f.write_str("none"),
+            Self::Host => f.write_str("host"),
+            Self::Container(other) => write!(f, "container:{other}"),
+        }
+    }
+}
+
 /// Where an endpoint is in its life. Records are written `Creating` before any kernel change
 /// and `Ready` after the last one, so a crash in between is found and finished or undone by
 /// reconcile; an address held by a record in any state is never handed out again.

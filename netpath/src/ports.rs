@@ -784,20 +784,11 @@ impl<'a> Targets<'a> {
                     (mode, _) => Err(PortsError::EndpointWithoutAddress {
                         spec: spec.text.clone(),
                         name: name.clone(),
-                        mode: mode_name(mode),
+                        mode: mode.to_string(),
                     }),
                 }
             }
         }
-    }
-}
-
-fn mode_name(mode: &EndpointMode) -> String {
-    match mode {
-        EndpointMode::Bridge => "bridge".into(),
-        EndpointMode::None => "none".into(),
-        EndpointMode::Host => "host".into(),
-        EndpointMode::Container(o) => format!("container:{o}"),
     }
 }
 

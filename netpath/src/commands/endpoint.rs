@@ -392,21 +392,29 @@ pub fn remove(app: &mut App, name: &str) -> Result<()> {
             sharers.join(", ")
         )));
     }
-    // Its published ports go with the Removing mark; their entries before the veths.
-    let published = publish::records_of(app, name, None)?;
-    let keys: Vec<String> = published.iter().map(|r| r.store_key()).collect();
     ep.state = Lifecycle::Removing;
+    retire_published_ports(app, &ep, None)?;
+    undo(app, &ep);
+    app.store.write(|tx| tx.delete_endpoint(name))?;
+    Ok(())
+}
+
+/// Writes `ep` (already marked Removing) together with the deletion of its published ports (on
+/// `network`, or all), in one transaction, then takes those ports out of the datapath before
+/// any veth goes. A datapath failure is left to reconcile: the records are already gone.
+fn retire_published_ports(app: &mut App, ep: &Endpoint, network: Option<&str>) -> Result<()> {
+    let published = publish::records_of(app, &ep.name, network)?;
+    let keys: Vec<String> = published.iter().map(|r| r.store_key()).collect();
     app.store.write(|tx| {
-        tx.put_endpoint(&ep)?;
+        tx.put_endpoint(ep)?;
         tx.delete_published_ports(keys.iter().map(String::as_str))
     })?;
     if let Err(e) = publish::uninstall(app, &published) {
         log::warn!(
-            "endpoint {name}: removing its published ports from the datapath: {e}; reconcile finishes it"
+            "endpoint {}: removing its published ports from the datapath: {e}; reconcile finishes it",
+            ep.name
         );
     }
-    undo(app, &ep);
-    app.store.write(|tx| tx.delete_endpoint(name))?;
     Ok(())
 }
 
@@ -469,31 +477,11 @@ pub fn disconnect(app: &mut App, network_name: &str, name: &str) -> Result<()> {
     };
     let att = ep.attachments[pos].clone();
     ep.attachments[pos].state = Lifecycle::Removing;
-    // Ports published to this attachment go with it.
-    let published = publish::records_of(app, name, Some(network_name))?;
-    let keys: Vec<String> = published.iter().map(|r| r.store_key()).collect();
-    app.store.write(|tx| {
-        tx.put_endpoint(&ep)?;
-        tx.delete_published_ports(keys.iter().map(String::as_str))
-    })?;
-    if let Err(e) = publish::uninstall(app, &published) {
-        log::warn!(
-            "endpoint {name}: removing its published ports on {network_name} from the datapath: {e}; reconcile finishes it"
-        );
-    }
+    retire_published_ports(app, &ep, Some(network_name))?;
     unplumb_attachment(app, &att);
     ep.attachments.remove(pos);
     app.store.write(|tx| tx.put_endpoint(&ep))?;
     Ok(())
-}
-
-fn mode_name(mode: &EndpointMode) -> String {
-    match mode {
-        EndpointMode::Bridge => "bridge".into(),
-        EndpointMode::None => "none".into(),
-        EndpointMode::Host => "host".into(),
-        EndpointMode::Container(o) => format!("container:{o}"),
-    }
 }
 
 pub fn list(app: &App) -> Result<String> {
@@ -512,7 +500,7 @@ pub fn list(app: &App) -> Result<String> {
             out.push_str(&format!(
                 "{:<16} {:<14} {:<16} {:<18} {:<8} {}\n",
                 ep.name,
-                mode_name(&ep.mode),
+                ep.mode.to_string(),
                 "-",
                 "-",
                 state,

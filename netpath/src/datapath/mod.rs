@@ -441,12 +441,8 @@ impl Datapath {
                     .map_err(|e| attach_err(error_chain(&e)))?
                     .try_into()
                     .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
-                let tmp = self.link_pin(interface, &format!("{program}@new"));
-                let _ = fs::remove_file(&tmp);
-                link.pin(&tmp)
-                    .map_err(|e| attach_err(format!("pin link: {}", error_chain(&e))))?;
-                // Replacing the pin drops the last reference to an older link, detaching it.
-                fs::rename(&tmp, &pin).map_err(io_err("rename", &pin))?;
+                self.pin_replacing(link, &pin, interface, program)
+                    .map_err(|e| attach_err(format!("pin link: {e}")))?;
             }
             AttachMode::Netlink => {
                 if let Err(e) = tc::qdisc_add_clsact(interface) {
@@ -482,6 +478,23 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Pins a freshly attached `link` at `pin`, replacing whatever link was pinned there: it is
+    /// pinned beside it first and renamed over it, and dropping the old pin's last reference
+    /// detaches the old link, so the hook is never without a program.
+    fn pin_replacing(
+        &self,
+        link: FdLink,
+        pin: &Path,
+        target: &str,
+        program: &str,
+    ) -> std::result::Result<(), String> {
+        let tmp = self.link_pin(target, &format!("{program}@new"));
+        let _ = fs::remove_file(&tmp);
+        link.pin(&tmp).map_err(|e| error_chain(&e))?;
+        fs::rename(&tmp, pin)
+            .map_err(|e| format!("rename {} to {}: {e}", tmp.display(), pin.display()))
     }
 
     /// Detaches `program` from `interface`'s ingress; nothing attached is not an error.
@@ -566,11 +579,8 @@ impl Datapath {
                 .map_err(|e| attach_err(error_chain(&e)))?
                 .try_into()
                 .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
-            let tmp = self.link_pin(CGROUP_LINK, &format!("{name}@new"));
-            let _ = fs::remove_file(&tmp);
-            link.pin(&tmp)
-                .map_err(|e| attach_err(format!("pin link: {}", error_chain(&e))))?;
-            fs::rename(&tmp, &pin).map_err(io_err("rename", &pin))?;
+            self.pin_replacing(link, &pin, CGROUP_LINK, name)
+                .map_err(|e| attach_err(format!("pin link: {e}")))?;
         }
         Ok(())
     }
