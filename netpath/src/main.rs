@@ -30,6 +30,23 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         return daemon(&cli, interval);
     }
     let mut app = App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone())?;
+    if let Command::Purge { force } = cli.command {
+        if !force {
+            anyhow::bail!(
+                "purge removes every endpoint, network and pin of instance {}; add --force",
+                cli.instance
+            );
+        }
+        let notes = reconcile::purge(&mut app)?;
+        drop(app);
+        let instance = Instance::new(&cli.instance)?;
+        for dir in [instance.state_dir(), instance.run_dir()] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+        }
+        return Ok(notes.join("\n") + if notes.is_empty() { "" } else { "\n" });
+    }
     let mutating = !matches!(
         cli.command,
         Command::Stats
@@ -43,22 +60,31 @@ fn run(cli: Cli) -> anyhow::Result<String> {
     );
     if mutating {
         // Finish or undo whatever an interrupted command left behind before changing more.
-        for note in reconcile::reconcile(&mut app)? {
+        for note in reconcile::before_change(&mut app)? {
             log::warn!("reconcile: {note}");
         }
     }
-    Ok(match cli.command {
+    let output = dispatch(&mut app, cli.command)?;
+    if mutating {
+        reconcile::after_change(&app)?;
+    }
+    Ok(output)
+}
+
+/// Runs one command in an opened session.
+fn dispatch(app: &mut App, command: Command) -> anyhow::Result<String> {
+    Ok(match command {
         Command::Network(cmd) => match cmd {
             NetworkCommand::Create(args) => {
-                let n = network::create(&mut app, &args)?;
+                let n = network::create(app, &args)?;
                 format!("{}\n", n.name)
             }
-            NetworkCommand::Ls => network::list(&app)?,
+            NetworkCommand::Ls => network::list(app)?,
             NetworkCommand::Inspect { names } => format!("{}\n", network::inspect(&app, &names)?),
             NetworkCommand::Rm { names } => {
                 let mut out = String::new();
                 for n in names {
-                    network::remove(&mut app, &n)?;
+                    network::remove(app, &n)?;
                     out.push_str(&format!("{n}\n"));
                 }
                 out
@@ -66,30 +92,30 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         },
         Command::Endpoint(cmd) => match cmd {
             EndpointCommand::Create(args) => {
-                let ep = endpoint::create(&mut app, &args)?;
+                let ep = endpoint::create(app, &args)?;
                 format!("{}\n", ep.name)
             }
             EndpointCommand::Connect { network, name, ip } => {
-                let a = endpoint::connect(&mut app, &network, &name, ip.as_deref())?;
+                let a = endpoint::connect(app, &network, &name, ip.as_deref())?;
                 format!("{name} {} {}\n", a.ifname, a.ip)
             }
             EndpointCommand::Disconnect { network, name } => {
-                endpoint::disconnect(&mut app, &network, &name)?;
+                endpoint::disconnect(app, &network, &name)?;
                 format!("{name}\n")
             }
-            EndpointCommand::Ls => endpoint::list(&app)?,
+            EndpointCommand::Ls => endpoint::list(app)?,
             EndpointCommand::Inspect { names } => format!("{}\n", endpoint::inspect(&app, &names)?),
             EndpointCommand::Rm { names } => {
                 let mut out = String::new();
                 for n in names {
-                    endpoint::remove(&mut app, &n)?;
+                    endpoint::remove(app, &n)?;
                     out.push_str(&format!("{n}\n"));
                 }
                 out
             }
         },
         Command::Attach(a) => {
-            let rec = bridge_attach::attach(&mut app, &a.bridge, &a.netns, &a.address, &a.ifname)?;
+            let rec = bridge_attach::attach(app, &a.bridge, &a.netns, &a.address, &a.ifname)?;
             format!(
                 "{} {}/{} on {}\n",
                 rec.netns.display(),
@@ -99,54 +125,34 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             )
         }
         Command::Detach(d) => {
-            bridge_attach::detach(&mut app, &d.bridge, &d.netns)?;
+            bridge_attach::detach(app, &d.bridge, &d.netns)?;
             String::new()
         }
         Command::Publish(p) => {
-            let records = publish::publish(&mut app, &p.mappings, p.file.as_deref())?;
+            let records = publish::publish(app, &p.mappings, p.file.as_deref())?;
             publish::describe(&records)
         }
         Command::Unpublish(u) => {
-            let records = publish::unpublish(
-                &mut app,
-                &u.mappings,
-                u.file.as_deref(),
-                u.endpoint.as_deref(),
-            )?;
+            let records =
+                publish::unpublish(app, &u.mappings, u.file.as_deref(), u.endpoint.as_deref())?;
             publish::describe(&records)
         }
         Command::Port(p) => {
             let name = if p.all { None } else { p.name.as_deref() };
             publish::port(&app, name, p.port.as_deref())?
         }
-        Command::Stats => inspect::stats(&app)?,
-        Command::Status => inspect::status(&app)?,
+        Command::Stats => inspect::stats(app)?,
+        Command::Status => inspect::status(app)?,
         Command::Reconcile => {
-            let notes = reconcile::reconcile(&mut app)?;
+            let notes = reconcile::reconcile(app)?;
+            reconcile::after_change(app)?;
             if notes.is_empty() {
                 "in sync\n".into()
             } else {
                 notes.join("\n") + "\n"
             }
         }
-        Command::Daemon { .. } => unreachable!("handled above"),
-        Command::Purge { force } => {
-            if !force {
-                anyhow::bail!(
-                    "purge removes every endpoint, network and pin of instance {}; add --force",
-                    cli.instance
-                );
-            }
-            let notes = reconcile::purge(&mut app)?;
-            drop(app);
-            let instance = Instance::new(&cli.instance)?;
-            for dir in [instance.state_dir(), instance.run_dir()] {
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)?;
-                }
-            }
-            notes.join("\n") + if notes.is_empty() { "" } else { "\n" }
-        }
+        Command::Purge { .. } | Command::Daemon { .. } => unreachable!("handled in run"),
     })
 }
 
@@ -161,6 +167,23 @@ fn daemon(cli: &Cli, interval: u64) -> anyhow::Result<String> {
     loop {
         {
             let mut app = App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone())?;
+            if let Command::Purge { force } = cli.command {
+                if !force {
+                    anyhow::bail!(
+                        "purge removes every endpoint, network and pin of instance {}; add --force",
+                        cli.instance
+                    );
+                }
+                let notes = reconcile::purge(&mut app)?;
+                drop(app);
+                let instance = Instance::new(&cli.instance)?;
+                for dir in [instance.state_dir(), instance.run_dir()] {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)?;
+                    }
+                }
+                return Ok(notes.join("\n") + if notes.is_empty() { "" } else { "\n" });
+            }
             match reconcile::reconcile(&mut app) {
                 Ok(notes) => notes.iter().for_each(|n| eprintln!("netpath daemon: {n}")),
                 Err(e) => eprintln!("netpath daemon: reconcile failed: {e}"),

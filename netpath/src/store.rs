@@ -400,6 +400,18 @@ impl StoreTxn<'_> {
         self.put_meta(key, value)
     }
 
+    /// Removes a meta value; returns whether it existed. `schema_version` is refused.
+    pub fn delete_meta(&mut self, key: &str) -> Result<bool> {
+        if key == META_SCHEMA_VERSION {
+            return Err(StoreError::ReservedMetaKey {
+                key: key.to_string(),
+            });
+        }
+        let mut table = self.txn.open_table(META).in_store(self.path)?;
+        let existed = table.remove(key).in_store(self.path)?.is_some();
+        Ok(existed)
+    }
+
     fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
         let mut table = self.txn.open_table(META).in_store(self.path)?;
         table.insert(key, value).in_store(self.path)?;

@@ -115,12 +115,15 @@ fn a_crash_at_any_step_is_converged_by_the_next_run() {
     let lab = Lab::new();
     lab.netpath_ok(&["endpoint", "create", "keep"]);
     let devices_before = netpath_devices(&lab);
-    for point in [
+    for (i, point) in [
         "endpoint-reserved",
         "endpoint-veth-created",
         "endpoint-peer-moved",
         "endpoint-before-ready",
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let out = netpath_env(
             &lab,
             &[("NETPATH_CRASH_AT", point)],
@@ -130,8 +133,22 @@ fn a_crash_at_any_step_is_converged_by_the_next_run() {
             !out.status.success(),
             "{point}: the crash hook did not fire"
         );
-        // The next command reconciles first; then the name and the address are free again.
-        lab.netpath_ok(&["reconcile"]);
+        // The next changing command finds the interrupted change and reconciles first (here an
+        // unrelated one, every other round; `netpath reconcile` in the others); then the name
+        // and the address are free again.
+        if i % 2 == 0 {
+            lab.netpath_ok(&["reconcile"]);
+        } else {
+            let net = format!("tmp{i}");
+            lab.netpath_ok(&[
+                "network",
+                "create",
+                &net,
+                "--subnet",
+                &format!("10.241.{i}.0/24"),
+            ]);
+            lab.netpath_ok(&["network", "rm", &net]);
+        }
         assert!(
             !lab.netpath_ok(&["endpoint", "ls"]).contains("victim"),
             "{point}"

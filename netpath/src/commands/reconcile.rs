@@ -12,6 +12,36 @@ use crate::{
     netns,
 };
 
+/// Meta key set while a changing command runs and cleared when it succeeds: found set, the
+/// previous command crashed (or failed half-way) and the next one reconciles fully first.
+const META_CHANGE_IN_PROGRESS: &str = "change_in_progress";
+
+/// Before a changing command: a full [`reconcile`] if the previous change did not finish,
+/// else only what every command needs (datapath loaded, uplinks current, default network).
+/// This keeps a command's cost independent of how many endpoints and ports exist; drift made
+/// by hand is repaired by `netpath reconcile` or `netpath daemon`.
+pub fn before_change(app: &mut App) -> Result<Vec<String>> {
+    let notes = if app.store.meta(META_CHANGE_IN_PROGRESS)?.is_some() {
+        reconcile(app)?
+    } else {
+        app.datapath()?;
+        if app.store.network(crate::model::DEFAULT_NETWORK)?.is_none() {
+            network::ensure_default(app)?;
+        }
+        Vec::new()
+    };
+    app.store
+        .write(|tx| tx.set_meta(META_CHANGE_IN_PROGRESS, "1"))?;
+    Ok(notes)
+}
+
+/// After a changing command succeeded: the next one need not reconcile.
+pub fn after_change(app: &App) -> Result<()> {
+    app.store
+        .write(|tx| tx.delete_meta(META_CHANGE_IN_PROGRESS))?;
+    Ok(())
+}
+
 /// Brings the kernel in line with the store; returns what it changed, one line each.
 pub fn reconcile(app: &mut App) -> Result<Vec<String>> {
     let mut notes = Vec::new();
