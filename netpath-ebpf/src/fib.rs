@@ -157,5 +157,9 @@ pub fn send_along(ctx: &TcContext, route: &Route, egress: u32) -> Result<(), u32
         }
         _ => redirect_neigh(egress),
     };
-    if sent { Ok(()) } else { Err(drop_reason::REDIRECT_FAILED) }
+    if sent {
+        Ok(())
+    } else {
+        Err(drop_reason::REDIRECT_FAILED)
+    }
 }
