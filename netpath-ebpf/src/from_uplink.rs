@@ -21,7 +21,7 @@ use crate::{
     csum, dnat, fib,
     maps::{NP_EP_BY_ADDR, NP_NAT, NP_NETWORKS},
     nat,
-    parse::{self, ETH_P_IP, ICMP_ECHO_REPLY, v4_of},
+    parse::{self, ETH_P_IP, ICMP_ECHO_REPLY, TCP_ACK, TCP_SYN, v4_of},
     stats::{count, drop_packet, pass_to_stack},
 };
 
@@ -53,7 +53,12 @@ pub fn handle(ctx: TcContext) -> i32 {
     if kind == ct_kind::DNAT {
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        if dnat::is_live(nat_entry, now, l4.protocol) {
+        // A SYN (without ACK) is a new connection even on a reused source port: it goes
+        // through NP_PORTS again, so an unpublished port stops it, and the flow's reply entry
+        // (which another host port to the same endpoint port may have taken meanwhile: inside
+        // the endpoint both flows look alike) is written anew.
+        let new_connection = l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if !new_connection && dnat::is_live(nat_entry, now, l4.protocol) {
             return dnat::established(&ctx, &ip, &l4, nat_entry);
         }
         return dnat::uplink_new_flow(&ctx, &ip, &l4);

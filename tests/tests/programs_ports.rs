@@ -537,3 +537,48 @@ fn endpoint_traffic_to_unpublished_host_ports_goes_to_the_stack() {
         assert_eq!(lab.stat(counter::HAIRPIN), 0);
     });
 }
+
+#[test]
+fn a_new_syn_restarts_a_flow_whose_reply_entry_another_host_port_took() {
+    // Two host ports lead to the same endpoint port, and a client reuses its source port:
+    // inside the endpoint both flows are `client:cp -> A:80`, so they share one reply entry.
+    in_private_netns(|| {
+        let mut lab = new_lab();
+        host_addrs(&mut lab);
+        publish_a(&mut lab);
+        let a = (A_IP, 80, lab.ep_a);
+        publish(&mut lab, WILDCARD, 8099, IPPROTO_TCP, a, 0);
+        for port in [8080u16, 8099, 8080] {
+            let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, port, TCP_SYN));
+            assert_into_a(&out, REMOTE, CLIENT_PORT);
+            let reply = tcp_from(A, REMOTE, 80, CLIENT_PORT, TCP_SYN | TCP_ACK);
+            let out = lab.from_ep(lab.ep_a, &reply);
+            assert_eq!(out.retval, TC_ACT_REDIRECT);
+            let p = parse_and_verify(&out.data);
+            assert_eq!(
+                (p.src, p.sport),
+                (UPLINK_IP, port),
+                "the reply must come from the port the client dialled"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_new_syn_after_unpublish_is_not_translated_even_on_a_reused_source_port() {
+    in_private_netns(|| {
+        let mut lab = new_lab();
+        host_addrs(&mut lab);
+        publish_a(&mut lab);
+        let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
+        assert_into_a(&out, REMOTE, CLIENT_PORT);
+        unpublish(&mut lab, WILDCARD, 8080, IPPROTO_TCP);
+        let frame = tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN);
+        let out = lab.from_uplink(&frame);
+        assert_eq!(
+            out.retval, TC_ACT_OK,
+            "a new connection after unpublish is the host's"
+        );
+        assert_eq!(out.data, frame);
+    });
+}
