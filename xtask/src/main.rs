@@ -1,12 +1,15 @@
 //! `cargo xtask`: the one entry point that sets up a fresh machine, builds netpath, runs its
 //! tests and shows the demo. `cargo xtask run` and `cargo xtask test` are all a new machine
 //! needs; every other step (packages, bpf-linker, toolchain link, bpffs) happens on the way.
+//! `cargo xtask bench` measures netpath; it is never part of `cargo xtask test`.
+mod bench;
 mod build;
 mod cmd;
 mod netns;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -18,9 +21,6 @@ use clap::{Parser, Subcommand};
 
 /// Prefix of every line the xtask prints itself, so its lines stand out from cargo's.
 pub const TAG: &str = "netpath-xtask";
-
-/// Exit code of commands that exist in the CLI but whose work is tracked in another issue.
-const NOT_IMPLEMENTED: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "Set up, build, test and demo netpath")]
@@ -42,10 +42,10 @@ enum Command {
     },
     /// Set up, build, then run every test of the workspace (nextest when installed).
     Test {
-        /// Run the tests in a VM booted with this kernel version (not implemented yet).
+        /// Run the test groups in a VM booted with this kernel version (5.10, 6.1, 6.12, 7.2).
         #[arg(long, value_name = "VERSION")]
         kernel: Option<String>,
-        /// Run the tests on every kernel of the matrix (not implemented yet).
+        /// Run the test groups on every kernel of the matrix, one VM after the other.
         #[arg(long, value_name = "all", value_parser = ["all"])]
         kernels: Option<String>,
         /// Passed on to `cargo nextest run` (or `cargo test`), e.g. a test name filter.
@@ -58,8 +58,35 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Benchmark netpath: today only the published-port scale benchmark (issues 5 and 6).
+    ///
+    /// Sets up, builds netpath in release, then, in namespaces it creates and removes on every
+    /// exit path (npbench-host running instance `bench`, npbench-lan as a LAN client on
+    /// 10.78.0.0/24, one endpoint `web` with an accept-and-close server on port 80), measures,
+    /// each repeated (median, min, max):
+    /// the wall time of one `netpath publish -f` with N mappings (host ports 20000.. -> web:80)
+    /// and of one `unpublish -f`; `netpath publish` one mapping at a time, the first K and the
+    /// last K of N (K = 200, quick 50), extrapolated to N; new TCP connections per second from
+    /// the LAN client to the first and to the N-th mapping (server on CPU 0, client on CPU 1);
+    /// the peak RSS of the `publish -f` process, and that no netpath process stays running.
+    /// Writes target/bench/scale.md and scale.json (scale-quick.* for --quick), prints the table
+    /// and one verdict per target. About 2 minutes after the build; --quick well under one.
+    ///
+    /// Not built yet (issue 6): Docker's iptables and nftables DNAT and docker-proxy paths, the
+    /// routed no-NAT lower bound, TCP throughput, request/response latency, UDP packets per
+    /// second, container to container, memory for 500 UDP mappings, charts.
+    #[command(verbatim_doc_comment)]
+    Bench {
+        /// Smaller and shorter: N = 2000, 3 repeats, 1 s connect loops, K = 50.
+        #[arg(long)]
+        quick: bool,
+        /// N, the number of mappings (default 10000; with --quick 2000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
+        scale: Option<u32>,
+        /// How many times each measurement is repeated (default 5; with --quick 3).
+        #[arg(long, value_name = "R", value_parser = clap::value_parser!(u16).range(1..=50))]
+        repeats: Option<u16>,
+    },
 }
 
 /// Where the workspace is and which cargo to call back.
@@ -133,11 +160,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             kernels,
             extra,
         } => {
-            if kernel.is_some() || kernels.is_some() {
-                eprintln!("{TAG}: not implemented yet: kernel matrix is tracked in its own issue");
-                return Ok(ExitCode::from(NOT_IMPLEMENTED));
-            }
             require_root("cargo xtask test")?;
+            if kernel.is_some() || kernels.is_some() {
+                return test::on_kernels(&ws, kernel.as_deref(), kernels.is_some(), &extra);
+            }
             setup::setup(&ws)?;
             test::test(&ws, &extra)
         }
@@ -151,9 +177,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 run::exec_netpath(&bin, &args)
             }
         }
-        Command::Bench => {
-            eprintln!("{TAG}: not implemented yet: tracked in its own issue");
-            Ok(ExitCode::from(NOT_IMPLEMENTED))
+        Command::Bench {
+            quick,
+            scale,
+            repeats,
+        } => {
+            require_root("cargo xtask bench")?;
+            setup::setup(&ws)?;
+            bench::bench(
+                &ws,
+                bench::Options {
+                    quick,
+                    scale,
+                    repeats: repeats.map(usize::from),
+                },
+            )
         }
     }
 }

@@ -82,7 +82,13 @@ fn is_installed(package: &str) -> bool {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    install_missing(DEBIAN_PACKAGES, &[], "the Debian packages netpath needs")
+}
+
+/// Installs those of `packages` that are not installed (apt-get update first), printing one
+/// line naming them; `apt_args` go to `apt-get install` (e.g. `--no-install-recommends`).
+fn install_missing(packages: &[&str], apt_args: &[&str], what: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !is_installed(p))
@@ -102,10 +108,10 @@ fn debian_packages() -> anyhow::Result<()> {
         &["install", "-y", "-o", "DPkg::Lock::Timeout=900"],
     );
     install
+        .args(apt_args)
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    cmd::run_captured(&mut install)
-        .context("could not install the Debian packages netpath needs")?;
+    cmd::run_captured(&mut install).with_context(|| format!("could not install {what}"))?;
     let still: Vec<&str> = missing
         .iter()
         .copied()
@@ -119,6 +125,54 @@ fn debian_packages() -> anyhow::Result<()> {
             still.join(" ")
         );
     }
+    Ok(())
+}
+
+/// Debian packages only the kernel matrix (`cargo xtask test --kernel V|--kernels all`) uses,
+/// installed on its first use and never by plain `cargo xtask test`.
+///
+/// `qemu-system-x86`: boots the kernels (TCG); `busybox-static`: the initramfs' only program,
+/// and the shell that runs the guest's second stage; `kmod`: `depmod -b` for the extracted
+/// module trees, and `modprobe` inside the guest (the kernel calls the host's /sbin/modprobe);
+/// `xz-utils`: `.ko.xz` modules are decompressed into the initramfs; `debian-archive-keyring`:
+/// the keys of the other suites (bullseye-security, sid) the kernels come from.
+pub const MATRIX_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "debian-archive-keyring",
+];
+
+/// Directories of the host that the guest mounts over: its root is this machine's root shared
+/// read-only, so every mount point must exist here. `/lib/modules` holds the guest kernel's
+/// modules (bind-mounted from the kernel cache), `/etc/netns` a tmpfs for the resolv.conf
+/// files netpath writes for its namespaces (`ip netns` uses the same directory).
+pub const MATRIX_MOUNT_POINTS: &[&str] = &["/lib/modules", "/etc/netns"];
+
+/// What the kernel matrix needs on top of [`setup`]: [`MATRIX_PACKAGES`] (without their
+/// recommendations, which would pull in a GUI) and [`MATRIX_MOUNT_POINTS`]. Prints one line
+/// per thing it installs or creates.
+pub fn matrix_setup() -> anyhow::Result<()> {
+    install_missing(
+        MATRIX_PACKAGES,
+        &["--no-install-recommends"],
+        "the Debian packages the kernel matrix needs",
+    )?;
+    for dir in MATRIX_MOUNT_POINTS {
+        if std::path::Path::new(dir).is_dir() {
+            continue;
+        }
+        println!(
+            "{TAG}: creating {dir} (empty; the kernel-matrix VMs mount over it in their read-only view of this machine)"
+        );
+        std::fs::create_dir_all(dir).with_context(|| format!("could not create {dir}"))?;
+    }
+    println!(
+        "{TAG}: kernel-matrix set-up complete: {}; mount points {}",
+        MATRIX_PACKAGES.join(" "),
+        MATRIX_MOUNT_POINTS.join(" ")
+    );
     Ok(())
 }
 

@@ -1,9 +1,32 @@
 //! Owns `cargo xtask test`: builds `netpath`, then runs every test of the workspace's default
 //! members with nextest (per-test processes, the e2e group capped and time-limited by
-//! `.config/nextest.toml`), or with `cargo test` where nextest is not installed.
+//! `.config/nextest.toml`), or with `cargo test` where nextest is not installed; and
+//! `cargo xtask test --kernel V` / `--kernels all`, which run the tests inside VMs booted on
+//! other kernels (the kernel matrix, see [`crate::vm`]).
 use std::process::ExitCode;
 
-use crate::{TAG, Workspace, build, cmd};
+use anyhow::bail;
+
+use crate::{TAG, Workspace, build, cmd, setup, vm};
+
+/// `cargo xtask test --kernel V` (`kernel`) or `--kernels all` (`all`): sets up what the matrix
+/// needs, then runs the test groups in a VM per kernel. `extra` are libtest arguments for every
+/// test binary in the VMs (e.g. a test name filter).
+pub fn on_kernels(
+    ws: &Workspace,
+    kernel: Option<&str>,
+    all: bool,
+    extra: &[String],
+) -> anyhow::Result<ExitCode> {
+    let series: Vec<&str> = match (kernel, all) {
+        (Some(_), true) => bail!("give either --kernel VERSION or --kernels all, not both"),
+        (Some(k), false) => vec![vm::kernel::spec(k)?.series],
+        (None, _) => vm::kernel::KERNELS.iter().map(|k| k.series).collect(),
+    };
+    setup::setup(ws)?;
+    setup::matrix_setup()?;
+    vm::run(ws, &series, extra)
+}
 
 /// Runs the tests and returns their runner's exit code (non-zero when anything failed).
 pub fn test(ws: &Workspace, extra: &[String]) -> anyhow::Result<ExitCode> {
