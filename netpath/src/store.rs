@@ -192,13 +192,30 @@ impl Store {
         self.transaction(f)
     }
 
+    /// [`Store::write`] without its own fsync: the change becomes durable with the next
+    /// [`Store::write`] (redb persists earlier commits with a later durable one), or is lost in
+    /// a crash before that. For bookkeeping whose loss is harmless, like clearing the
+    /// in-progress marker of a command that succeeded.
+    pub fn write_lazily<T>(&self, f: impl FnOnce(&mut StoreTxn<'_>) -> Result<T>) -> Result<T> {
+        self.commit(f, redb::Durability::None)
+    }
+
     /// [`Store::write`] for a closure that fails with the caller's own error type, e.g. to
     /// refuse a change after reading inside the same transaction.
     pub fn transaction<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut StoreTxn<'_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let txn = self.db.begin_write().in_store(&self.path)?;
+        self.commit(f, redb::Durability::Immediate)
+    }
+
+    fn commit<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut StoreTxn<'_>) -> std::result::Result<T, E>,
+        durability: redb::Durability,
+    ) -> std::result::Result<T, E> {
+        let mut txn = self.db.begin_write().in_store(&self.path)?;
+        txn.set_durability(durability).in_store(&self.path)?;
         let mut tx = StoreTxn {
             txn,
             path: &self.path,
