@@ -167,23 +167,6 @@ fn daemon(cli: &Cli, interval: u64) -> anyhow::Result<String> {
     loop {
         {
             let mut app = App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone())?;
-            if let Command::Purge { force } = cli.command {
-                if !force {
-                    anyhow::bail!(
-                        "purge removes every endpoint, network and pin of instance {}; add --force",
-                        cli.instance
-                    );
-                }
-                let notes = reconcile::purge(&mut app)?;
-                drop(app);
-                let instance = Instance::new(&cli.instance)?;
-                for dir in [instance.state_dir(), instance.run_dir()] {
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)?;
-                    }
-                }
-                return Ok(notes.join("\n") + if notes.is_empty() { "" } else { "\n" });
-            }
             match reconcile::reconcile(&mut app) {
                 Ok(notes) => notes.iter().for_each(|n| eprintln!("netpath daemon: {n}")),
                 Err(e) => eprintln!("netpath daemon: reconcile failed: {e}"),
