@@ -396,7 +396,7 @@ fn deliver(ctx: &TcContext, ip: &Ipv4, l4: &Transport, d: &Delivery, snat_to_gat
     if csum::set_macs(ctx, d.ep_mac, d.gateway_mac).is_err() {
         return drop_packet(drop_reason::REWRITE_FAILED);
     }
-    if !fib::redirect_peer(d.ep_ifindex) {
+    if !fib::redirect_peer(ctx, d.ep_ifindex) {
         return drop_packet(drop_reason::REDIRECT_FAILED);
     }
     count(counter::DNAT_IN);
@@ -415,7 +415,7 @@ pub const CONTINUE: i32 = i32::MIN;
 ///
 /// Not inlined, and neither is [`hairpin_from_endpoint`]: each is a BPF-to-BPF call with its
 /// own stack frame, never on the same call chain as the other or as masquerade's
-/// `snat_mapping`, so none pushes the program past the 512-byte stack.
+/// `route_out`, so none pushes the program past the 512-byte stack.
 #[inline(never)]
 pub fn reply_from_endpoint(
     skb: *mut aya_ebpf::bindings::__sk_buff,
@@ -562,7 +562,7 @@ fn send_reply(
         {
             return drop_packet(drop_reason::REWRITE_FAILED);
         }
-        if !fib::redirect_peer(dest_ifindex) {
+        if !fib::redirect_peer(ctx, dest_ifindex) {
             return drop_packet(drop_reason::REDIRECT_FAILED);
         }
         count(counter::DNAT_REPLY_OUT);

@@ -7,7 +7,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, TC_ACT_REDIRECT, bpf_fib_lookup,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type,
+    },
     programs::TcContext,
 };
 
@@ -16,6 +18,8 @@ use netpath_common::drop_reason;
 use crate::{csum, parse::Ipv4, zero::zero_in_place};
 
 const AF_INET: u8 = 2;
+/// `skb->pkt_type` of a packet addressed to this host (uapi `linux/if_packet.h`).
+const PACKET_HOST: u32 = 0;
 
 /// What the FIB says about a packet that is not for the endpoint's own network.
 pub enum Route {
@@ -122,8 +126,20 @@ fn redirected(rc: i64) -> bool {
 
 /// Delivers into the namespace on the other end of the veth `ifindex` (skipping the host
 /// stack and the bridge). Linux >= 5.10.
+///
+/// The packet is first typed as addressed to that namespace (`PACKET_HOST`): it arrived on a
+/// device whose MAC it does not carry (an endpoint's host-side veth sees the MACs of the
+/// gateway and of other endpoints), so the kernel typed it `PACKET_OTHERHOST`. Linux 5.10
+/// keeps that type across the peer redirect, and the namespace's IP layer then drops the
+/// packet without a trace; 6.1 and later deliver it either way.
 #[inline(always)]
-pub fn redirect_peer(ifindex: u32) -> bool {
+pub fn redirect_peer(ctx: &TcContext, ifindex: u32) -> bool {
+    // SAFETY: `skb` is the context pointer the program was called with. The helper refuses
+    // only types above PACKET_OTHERHOST (loopback, outgoing), which TC ingress never sees;
+    // should it refuse anyway, the packet is not redirected (the caller counts the drop).
+    if unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) } != 0 {
+        return false;
+    }
     // SAFETY: helper taking plain integers.
     redirected(unsafe { bpf_redirect_peer(ifindex, 0) })
 }

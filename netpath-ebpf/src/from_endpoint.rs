@@ -107,7 +107,7 @@ pub fn handle(ctx: TcContext) -> i32 {
         if csum::set_dst_mac(&ctx, dest_mac).is_err() {
             return drop_packet(drop_reason::REWRITE_FAILED);
         }
-        if !fib::redirect_peer(dest_ifindex) {
+        if !fib::redirect_peer(&ctx, dest_ifindex) {
             return drop_packet(drop_reason::REDIRECT_FAILED);
         }
         count(counter::FORWARDED_LOCAL);

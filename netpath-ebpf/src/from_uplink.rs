@@ -109,7 +109,7 @@ pub fn handle(ctx: TcContext) -> i32 {
     if csum::set_macs(&ctx, ep_mac, gateway_mac).is_err() {
         return drop_packet(drop_reason::REWRITE_FAILED);
     }
-    if !fib::redirect_peer(endpoint_ifindex) {
+    if !fib::redirect_peer(&ctx, endpoint_ifindex) {
         return drop_packet(drop_reason::REDIRECT_FAILED);
     }
     count(counter::SNAT_REPLY_IN);

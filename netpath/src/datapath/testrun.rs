@@ -85,11 +85,12 @@ pub struct SkBuffCtx {
 const _: () = assert!(size_of::<SkBuffCtx>() == 192);
 
 impl SkBuffCtx {
-    /// A context whose skb arrives on `ifindex` (as TC ingress of that interface sees it).
+    /// A context whose skb arrives on `ifindex` (as TC ingress of that interface sees it):
+    /// only `ifindex`, the field the programs read. `ingress_ifindex` stays 0: Linux 5.10
+    /// refuses a non-zero one with EINVAL (later kernels accept it).
     pub fn on_interface(ifindex: u32) -> Self {
         Self {
             ifindex,
-            ingress_ifindex: ifindex,
             ..Default::default()
         }
     }
