@@ -137,6 +137,10 @@ pub fn run(ws: &Workspace, series: &[&str], extra: &[String]) -> anyhow::Result<
         "{TAG}: kernel matrix finished in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    // The closing line a CI log reader takes as the run's count: every test of every group on
+    // every kernel, a kernel that did not boot or report counting as one failure.
+    let (passed, failed) = totals(&results);
+    println!("kernel matrix: {passed} passed, {failed} failed");
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -183,6 +187,32 @@ fn run_kernel(
         }
     );
     Ok((k.release, boot))
+}
+
+/// Tests passed and failed over the whole matrix, from the groups' counts. A kernel that did
+/// not boot, or stopped before reporting a group, adds one failure so the total never reads
+/// as clean.
+fn totals(results: &[KernelResult]) -> (u64, u64) {
+    let (mut passed, mut failed) = (0, 0);
+    for r in results {
+        match &r.boot {
+            Some(b) if !b.report.groups.is_empty() => {
+                for (_, o) in &b.report.groups {
+                    passed += o.passed;
+                    failed += o.failed;
+                    // A group that exited non-zero without a failed test crashed or timed out.
+                    if o.rc != 0 && o.failed == 0 && !o.skipped {
+                        failed += 1;
+                    }
+                }
+                if b.report.vm_rc.is_none() {
+                    failed += 1;
+                }
+            }
+            _ => failed += 1,
+        }
+    }
+    (passed, failed)
 }
 
 /// `NETPATH_VM_GROUPS` (comma-separated) or every group.

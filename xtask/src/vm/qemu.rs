@@ -148,7 +148,7 @@ fn clean(line: &str) -> String {
             '\u{1b}' => {
                 if chars.peek() == Some(&'[') {
                     chars.next();
-                    while let Some(c) = chars.next() {
+                    for c in chars.by_ref() {
                         if c.is_ascii_alphabetic() {
                             break;
                         }
@@ -171,7 +171,13 @@ fn progress(series: &str, line: &str, at: Duration) {
         || line.starts_with("status| attach mode")
         || line.contains("warning: the kernel refused");
     if show {
-        println!("{TAG}: [{series} +{:>4} s] {}", at.as_secs(), line.trim());
+        // A marker can follow boot noise on the same console line: show it from its start.
+        let from = line.find("NETPATH-").unwrap_or(0);
+        println!(
+            "{TAG}: [{series} +{:>4} s] {}",
+            at.as_secs(),
+            line[from..].trim()
+        );
     }
 }
 
