@@ -808,6 +808,36 @@ fn host_ip_of(spec: &PortSpec, host: &HostView) -> Result<Ipv4Addr> {
     }
 }
 
+/// Most host ports a batch looks up by key; past that, reading every stored record is as cheap.
+pub const KEYED_LOOKUP_LIMIT: usize = 4096;
+
+/// The (protocol, host port) pairs whose stored records are all a plan of `specs` can conflict
+/// with: the ports each spec names (every port of a range). `None` when that cannot be said
+/// before planning — a spec without host port may try any port of `published-port-range` — or
+/// when the batch names more than [`KEYED_LOOKUP_LIMIT`] ports; then the plan needs every
+/// stored record.
+pub fn ports_to_check(specs: &[PortSpec]) -> Option<Vec<(Protocol, u16)>> {
+    let mut ports = std::collections::BTreeSet::new();
+    for spec in specs {
+        let span = spec.host_ports?;
+        if ports.len() + span.count() > KEYED_LOOKUP_LIMIT {
+            return None;
+        }
+        ports.extend(span.ports().map(|p| (spec.protocol, p)));
+    }
+    Some(ports.into_iter().collect())
+}
+
+/// What a plan needs to know of the stored records.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    /// At least every stored record on the (protocol, host port) pairs the batch may use
+    /// ([`ports_to_check`]); every stored record will do.
+    pub records: &'a [PublishedPortRecord],
+    /// [`entries_needed`] of every stored record, for the `NP_PORTS` size check.
+    pub entries: usize,
+}
+
 /// Turns a batch of specs into records, checked against the stored records (`existing`), each
 /// other, the endpoints and the host. All or nothing: the first problem is the error.
 /// `picker` chooses host ports for specs without one.
@@ -818,14 +848,30 @@ pub fn plan_publish(
     host: &HostView,
     picker: &mut PortPicker,
 ) -> Result<Vec<PublishedPortRecord>> {
+    let stored = Stored {
+        records: existing,
+        entries: entries_needed(existing),
+    };
+    plan_publish_among(specs, stored, endpoints, host, picker)
+}
+
+/// [`plan_publish`] given only the stored records a batch can conflict with (read by key) and
+/// the entry count of all of them: one publish costs the same however many ports are stored.
+pub fn plan_publish_among(
+    specs: &[PortSpec],
+    stored: Stored<'_>,
+    endpoints: &[Endpoint],
+    host: &HostView,
+    picker: &mut PortPicker,
+) -> Result<Vec<PublishedPortRecord>> {
     let targets = Targets::new(endpoints);
-    let mut claims = Claims::new(existing);
+    let mut claims = Claims::new(stored.records);
     let mut planned = Vec::new();
     for spec in specs {
         plan_one(spec, &targets, &mut claims, host, picker, &mut planned)
             .map_err(|e| e.at(spec.origin.as_deref()))?;
     }
-    let (existing_entries, adding) = (entries_needed(existing), entries_needed(&planned));
+    let (existing_entries, adding) = (stored.entries, entries_needed(&planned));
     if existing_entries + adding > map_size::PORTS as usize {
         return Err(PortsError::TooMany {
             adding,
@@ -1165,6 +1211,18 @@ pub fn desired_entries<'r>(
         }
     }
     out
+}
+
+/// Whether `changed` shares an endpoint port with a loopback publish, its own or one of
+/// `loopback` (the stored loopback records): only then can guard entries change, and
+/// [`changes_after`] needs every stored record of those endpoint ports. Otherwise, after a
+/// publish, `changed` alone gives [`changes_after`] the same answer as every stored record.
+pub fn touches_guards(changed: &[PublishedPortRecord], loopback: &[PublishedPortRecord]) -> bool {
+    let touched: HashSet<EndpointPort<'_>> = changed.iter().map(endpoint_port).collect();
+    changed
+        .iter()
+        .chain(loopback)
+        .any(|r| is_host_only(r) && touched.contains(&endpoint_port(r)))
 }
 
 /// The `NP_PORTS` updates after `changed` records were stored or deleted, `after` being every
@@ -2371,5 +2429,38 @@ mod tests {
             format_all_ports(&records),
             "db\n  5432/tcp -> 0.0.0.0:9000\nweb\n  80/tcp -> 0.0.0.0:8080\n  80/tcp -> [::]:8080\n  443/tcp -> 0.0.0.0:8443\n  5000/udp -> 127.0.0.1:5000\n"
         );
+    }
+
+    #[test]
+    fn changed_records_alone_give_the_same_changes_unless_a_guard_is_involved() {
+        let web = endpoint("web", &[("bridge", "172.17.0.2")]);
+        let by_name: HashMap<&str, &Endpoint> = [("web", &web)].into_iter().collect();
+        let locate = |r: &PublishedPortRecord| locate(r, &by_name, |_| Some(7));
+        let stored = [
+            rec("0.0.0.0", 8080, Tcp, "web", 80),
+            rec("127.0.0.1", 9090, Tcp, "web", 90),
+        ];
+        // A new port of another endpoint port: no guard involved.
+        let changed = vec![rec("0.0.0.0", 8081, Tcp, "web", 80)];
+        let after: Vec<_> = stored.iter().chain(&changed).cloned().collect();
+        let loopback: Vec<_> = after.iter().filter(|r| is_host_only(r)).cloned().collect();
+        assert!(!touches_guards(&changed, &loopback));
+        assert_eq!(
+            changes_after(&changed, &changed, locate),
+            changes_after(&changed, &after, locate)
+        );
+        // 0.0.0.0 for web:90, published so far only on loopback: its guard goes, which only
+        // every record of web:90 shows.
+        let changed = vec![rec("0.0.0.0", 9091, Tcp, "web", 90)];
+        let after: Vec<_> = stored.iter().chain(&changed).cloned().collect();
+        assert!(touches_guards(&changed, &loopback));
+        let with_all = changes_after(&changed, &after, locate);
+        assert!(
+            with_all.contains(&PortChange::Remove(guard_key(v4("172.17.0.2"), 90, Tcp))),
+            "{with_all:?}"
+        );
+        // A loopback publish itself.
+        let changed = vec![rec("127.0.0.1", 7000, Udp, "web", 70)];
+        assert!(touches_guards(&changed, &[]));
     }
 }

@@ -10,14 +10,15 @@ use std::{
 };
 
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
 use crate::{
     ipam,
-    model::{BridgeAttachment, Endpoint, Network, PublishedPortRecord},
+    model::{BridgeAttachment, Endpoint, Network, Protocol, PublishedPortRecord},
 };
 
 /// Why the store could not be opened, read or written.
@@ -294,6 +295,15 @@ impl Store {
         )
     }
 
+    /// The published ports on IPv4 loopback addresses (host-only), read by key range.
+    pub fn published_ports_on_loopback(&self) -> Result<Vec<PublishedPortRecord>> {
+        let txn = self.db.begin_read().in_store(&self.path)?;
+        loopback_ports(
+            &txn.open_table(PUBLISHED_PORTS).in_store(&self.path)?,
+            &self.path,
+        )
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         let txn = self.db.begin_read().in_store(&self.path)?;
         let table = txn.open_table(META).in_store(&self.path)?;
@@ -404,6 +414,33 @@ impl StoreTxn<'_> {
             "published_ports",
             self.path,
         )
+    }
+
+    /// Every stored published port whose (protocol, host port) is one of `ports`, on any host
+    /// address, read by key: per port one exact lookup for each host address in use (the
+    /// wildcard, loopback, the host's own), so the cost does not grow with the table.
+    pub fn published_ports_at(
+        &self,
+        ports: &[(Protocol, u16)],
+    ) -> Result<Vec<PublishedPortRecord>> {
+        let table = self.txn.open_table(PUBLISHED_PORTS).in_store(self.path)?;
+        let addresses = port_addresses(&table, self.path)?;
+        let mut records = Vec::new();
+        for (protocol, port) in ports {
+            for address in &addresses {
+                let key = format!("{address}:{port}/{protocol}");
+                records.extend(one_record(&table, "published_ports", &key, self.path)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// How many `NP_PORTS` entries the stored published ports may take
+    /// ([`crate::ports::entries_needed`] of all of them), without reading every record.
+    pub fn published_port_entries(&self) -> Result<usize> {
+        let table = self.txn.open_table(PUBLISHED_PORTS).in_store(self.path)?;
+        let records = usize::try_from(table.len().in_store(self.path)?).unwrap_or(usize::MAX);
+        Ok(records.saturating_add(loopback_ports(&table, self.path)?.len()))
     }
 
     /// Sets a meta value (e.g. the namespace the instance serves). `schema_version` is the
@@ -570,6 +607,52 @@ fn all_records<T: DeserializeOwned>(
     for entry in table.iter().in_store(path)? {
         let (key, json) = entry.in_store(path)?;
         records.push(decode(json.value(), name, key.value(), path)?);
+    }
+    Ok(records)
+}
+
+/// The host addresses of the stored published ports as their keys spell them (`0.0.0.0`,
+/// `127.0.0.1`, `[::1]`), in key order. Keys are `ADDRESS:PORT/PROTOCOL`, so all keys of one
+/// address sit together and the next address starts at or after `ADDRESS;` (`;` follows `:`):
+/// one seek per distinct address, however many ports each holds.
+fn port_addresses(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    path: &Path,
+) -> Result<Vec<String>> {
+    let mut addresses = Vec::new();
+    let mut from = String::new();
+    loop {
+        let next = table
+            .range::<&str>(from.as_str()..)
+            .in_store(path)?
+            .next()
+            .transpose()
+            .in_store(path)?;
+        let Some((key, _)) = next else {
+            return Ok(addresses);
+        };
+        let key = key.value();
+        match key.rsplit_once(':') {
+            Some((address, _)) => {
+                from = format!("{address};");
+                addresses.push(address.to_string());
+            }
+            // Not a key netpath writes: step over it.
+            None => from = format!("{key}\0"),
+        }
+    }
+}
+
+/// The published ports on IPv4 loopback addresses: the keys starting with `127.`.
+fn loopback_ports(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    path: &Path,
+) -> Result<Vec<PublishedPortRecord>> {
+    let mut records = Vec::new();
+    // `/` follows `.`: the range holds exactly the keys that start with `127.`.
+    for entry in table.range::<&str>("127.".."127/").in_store(path)? {
+        let (key, json) = entry.in_store(path)?;
+        records.push(decode(json.value(), "published_ports", key.value(), path)?);
     }
     Ok(records)
 }

@@ -14,6 +14,7 @@ use crate::{
     cli::EndpointCreateArgs,
     model::{Endpoint, PublishedPortRecord},
     ports::{self, HostSockets, HostView, PortPicker, PortSpec, PortsError},
+    store::StoreTxn,
     sys,
 };
 
@@ -96,13 +97,38 @@ fn record_batch(
     picker: &mut PortPicker,
 ) -> Result<Vec<PublishedPortRecord>> {
     app.store.transaction(|tx| {
-        let existing = tx.published_ports()?;
-        let endpoints = tx.endpoints()?;
-        let planned =
-            ports::plan_publish(specs, &existing, &endpoints, host, picker).map_err(user_error)?;
+        let planned = plan_in(tx, specs, host, picker)?;
         tx.put_published_ports(&planned)?;
         Ok(planned)
     })
+}
+
+/// Plans `specs` inside a store transaction. When the batch names its host ports, only the
+/// stored records on those ports are read, by key (plus the table's size for the `NP_PORTS`
+/// check), so one publish costs the same with 10 or 10,000 ports stored; a batch with random
+/// host ports or very many ports reads every record.
+fn plan_in(
+    tx: &StoreTxn<'_>,
+    specs: &[PortSpec],
+    host: &HostView,
+    picker: &mut PortPicker,
+) -> Result<Vec<PublishedPortRecord>> {
+    let endpoints = tx.endpoints()?;
+    match ports::ports_to_check(specs) {
+        Some(keys) => {
+            let nearby = tx.published_ports_at(&keys)?;
+            let stored = ports::Stored {
+                records: &nearby,
+                entries: tx.published_port_entries()?,
+            };
+            ports::plan_publish_among(specs, stored, &endpoints, host, picker)
+        }
+        None => {
+            let existing = tx.published_ports()?;
+            ports::plan_publish(specs, &existing, &endpoints, host, picker)
+        }
+    }
+    .map_err(user_error)
 }
 
 /// `netpath publish MAPPING… [-f FILE]`: one batch, all or nothing. Returns the new records.
@@ -301,7 +327,13 @@ pub fn install(app: &mut App, records: &[PublishedPortRecord]) -> Result<()> {
                 r.endpoint, r.network
             )));
         }
-        let after = app.store.published_ports()?;
+        // The records just stored are all `changes_after` needs unless a guard entry may
+        // change; then it reads every record.
+        let after = if ports::touches_guards(records, &app.store.published_ports_on_loopback()?) {
+            app.store.published_ports()?
+        } else {
+            records.to_vec()
+        };
         let changes = ports::changes_after(records, &after, locate);
         drop(now);
         apply(app, &changes)
@@ -450,16 +482,7 @@ mod tests {
     /// The store half of `publish` without a session: plan and record in one transaction.
     fn record(store: &Store, specs: &[PortSpec]) -> Result<Vec<PublishedPortRecord>> {
         store.transaction(|tx| {
-            let existing = tx.published_ports()?;
-            let endpoints = tx.endpoints()?;
-            let planned = ports::plan_publish(
-                specs,
-                &existing,
-                &endpoints,
-                &host(),
-                &mut PortPicker::new(1),
-            )
-            .map_err(user_error)?;
+            let planned = plan_in(tx, specs, &host(), &mut PortPicker::new(1))?;
             tx.put_published_ports(&planned)?;
             Ok(planned)
         })
@@ -573,5 +596,167 @@ mod tests {
         assert_eq!(recorded.len(), 10_000);
         assert_eq!(store.published_ports().expect("read").len(), 10_000);
         assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    }
+
+    #[test]
+    fn the_keyed_conflict_check_catches_what_reading_every_record_does() {
+        let dir = Scratch::new("keyed");
+        let store = dir.store();
+        let host = HostView {
+            // 10.77.0.1 is a prefix of 10.77.0.12: both must be found.
+            addresses: ["10.77.0.1", "10.77.0.12"]
+                .iter()
+                .map(|a| a.parse().expect("literal"))
+                .collect(),
+            ..host()
+        };
+        let text = |lines: &[&str]| lines.join("\n");
+        let specs = |t: &str| ports::parse_publish_file("t", t).expect("parses");
+        store
+            .write(|tx| {
+                tx.put_endpoint(&endpoint("web", "172.17.0.2"))?;
+                tx.put_endpoint(&endpoint("db", "172.17.0.3"))
+            })
+            .expect("endpoints");
+        let stored = text(&[
+            "8080:web:80",
+            "127.0.0.1:9090:db:90",
+            "10.77.0.1:7000:web:70",
+            "10.77.0.12:7001:web:71",
+            "5353:db:53/udp",
+        ]);
+        // Plus 3,000 more, so reading every record would show in the cost.
+        let filler: String = (0..3_000)
+            .map(|i| format!("{}:db:{}\n", 40_000 + i, 1 + i))
+            .collect();
+        let mut picker = PortPicker::new(1);
+        store
+            .transaction(|tx| {
+                let planned = plan_in(tx, &specs(&(stored + "\n" + &filler)), &host, &mut picker)?;
+                tx.put_published_ports(&planned).map_err(AppError::from)
+            })
+            .expect("stored");
+        let all = store.published_ports().expect("read");
+        assert_eq!(all.len(), 3_005);
+
+        // Keyed reads find every address on a port and nothing else.
+        let at = |keys: &[(Protocol, u16)]| {
+            let mut found: Vec<String> = store
+                .transaction(|tx| tx.published_ports_at(keys))
+                .expect("read by key")
+                .iter()
+                .map(|r| r.store_key())
+                .collect();
+            found.sort();
+            found
+        };
+        assert_eq!(at(&[(Protocol::Tcp, 8080)]), ["0.0.0.0:8080/tcp"]);
+        assert_eq!(
+            at(&[
+                (Protocol::Tcp, 7000),
+                (Protocol::Tcp, 7001),
+                (Protocol::Udp, 7000)
+            ]),
+            // Sorted as text.
+            ["10.77.0.12:7001/tcp", "10.77.0.1:7000/tcp"]
+        );
+        assert!(at(&[(Protocol::Udp, 8080), (Protocol::Tcp, 5353)]).is_empty());
+
+        let keyed = |t: &str| {
+            let specs = specs(t);
+            assert!(
+                ports::ports_to_check(&specs).is_some(),
+                "{t} is planned by key"
+            );
+            store.transaction(|tx| plan_in(tx, &specs, &host, &mut PortPicker::new(1)))
+        };
+        let full = |t: &str| {
+            ports::plan_publish(
+                &specs(t),
+                &all,
+                &store.endpoints().expect("read"),
+                &host,
+                &mut PortPicker::new(1),
+            )
+        };
+        let refused = [
+            // Same address and port.
+            (
+                "8080:172.17.0.3:80",
+                "t line 1: 0.0.0.0:8080/tcp is already published for web:80; unpublish it first or choose another host port",
+            ),
+            (
+                "10.77.0.12:7001:db:80",
+                "t line 1: 10.77.0.12:7001/tcp is already published for web:71; unpublish it first or choose another host port",
+            ),
+            // A specific address under a stored wildcard.
+            (
+                "127.0.0.1:8080:db:80",
+                "t line 1: 127.0.0.1:8080/tcp overlaps 0.0.0.0:8080/tcp, already published for web:80; unpublish that first or choose another host port",
+            ),
+            // The wildcard over a stored specific address (loopback, and a host address).
+            (
+                "9090:web:80",
+                "t line 1: 0.0.0.0:9090/tcp overlaps 127.0.0.1:9090/tcp, already published for db:90; unpublish that first or choose another host port",
+            ),
+            (
+                "0.0.0.0:7000:db:80",
+                "t line 1: 0.0.0.0:7000/tcp overlaps 10.77.0.1:7000/tcp, already published for web:70; unpublish that first or choose another host port",
+            ),
+            // Ranges: the overlapping port inside them is found.
+            (
+                "8078-8082:web:80-84",
+                "t line 1: 0.0.0.0:8080/tcp is already published for web:80; unpublish it first or choose another host port",
+            ),
+            (
+                "127.0.0.1:9088-9092:db:80-84",
+                "t line 1: 127.0.0.1:9090/tcp is already published for db:90; unpublish it first or choose another host port",
+            ),
+            (
+                "5350-5360:web:50-60/udp",
+                "t line 1: 0.0.0.0:5353/udp is already published for db:53; unpublish it first or choose another host port",
+            ),
+            // Inside the batch, too.
+            (
+                "6000-6002:web:80-82\n127.0.0.1:6001:db:80",
+                "t line 2: 127.0.0.1:6001/tcp overlaps 0.0.0.0:6001/tcp, already published for web:81; unpublish that first or choose another host port",
+            ),
+        ];
+        for (t, expected) in refused {
+            let err = keyed(t).expect_err(t);
+            assert_eq!(err.to_string(), expected, "{t}");
+            assert!(matches!(err, AppError::Conflict(_)), "{t}");
+            assert_eq!(
+                user_error(full(t).expect_err(t)).to_string(),
+                expected,
+                "{t}: the full check agrees"
+            );
+        }
+        let accepted = [
+            // Other protocol on a taken port, both ways.
+            "8080:web:80/udp",
+            "5353:web:53",
+            // Another specific address where only specific addresses hold the port.
+            "10.77.0.12:7000:db:80",
+            "10.77.0.1:9090:db:80",
+            // A range just past the taken ports.
+            "8081-8090:web:81-90",
+            "127.0.0.1:7002-7010:db:80",
+            // A host range for one container port takes its first free port: 5354.
+            "5353-5354:web:53/udp",
+        ];
+        for t in accepted {
+            assert_eq!(
+                keyed(t).expect(t),
+                full(t).expect(t),
+                "{t}: the same records either way"
+            );
+        }
+        assert_eq!(
+            keyed("5353-5354:web:53/udp").expect("planned")[0].host_port,
+            5354
+        );
+        // Nothing of the refused or accepted plans was stored.
+        assert_eq!(store.published_ports().expect("read").len(), 3_005);
     }
 }
