@@ -1,21 +1,22 @@
 //! Owns `cargo xtask bench`: the published-port scale benchmark that issue 5 asks for (part of
-//! issue 6). In namespaces it creates and removes, it measures how long netpath takes to
-//! install N published ports (one batch, and one at a time), whether a new TCP connection to
-//! the N-th mapping costs what one to the first does, and what memory publishing takes.
+//! issue 6), then the side-by-side comparison with the Linux paths (`bench/compare.rs`;
+//! `--only scale|compare` runs one part). In namespaces it creates and removes, the scale part
+//! measures how long netpath takes to install N published ports (one batch, and one at a
+//! time), whether a new TCP connection to the N-th mapping costs what one to the first does,
+//! and what memory publishing takes.
 //!
-//! TODO(issue 6), the next step: the rest of issue 6 is not built yet —
-//! - Docker's paths in the same run: iptables DNAT laid out like Docker 28 (nat DOCKER chain from
-//!   PREROUTING/OUTPUT, MASQUERADE, FORWARD accepts, br_netfilter), the same in native nftables,
-//!   a userspace proxy per port like docker-proxy (socat), and plain routing with no NAT as the
-//!   lower bound; the scale test for iptables one rule at a time and with iptables-restore;
-//! - the throughput metrics: TCP stream (iperf3), TCP request/response rate with p50/p99
-//!   latency (sockperf), UDP 64-byte packets per second, container to container against a
-//!   plain Linux bridge;
-//! - user-space memory for 500 UDP mappings against docker-proxy;
-//! - a chart (PNG or SVG) and the netpath/routed, netpath/iptables and netpath/nftables ratios
-//!   printed last; the results table in docs/performance.md.
+//! The scale part also runs Docker's iptables layout at the same N (`bench/scale_iptables.rs`)
+//! and the 500-UDP-port memory comparison against a proxy per port (`bench/memory.rs`).
+//!
+//! TODO(issue 6), still to do here: the results table in docs/performance.md.
+mod chart;
+mod compare;
 mod lab;
+mod load;
+mod memory;
+mod paths;
 mod report;
+mod scale_iptables;
 mod traffic;
 
 use std::{
@@ -56,6 +57,17 @@ pub struct Options {
     pub quick: bool,
     pub scale: Option<u32>,
     pub repeats: Option<usize>,
+    /// Run only this part (`--only`); both when `None`, the scale part first.
+    pub only: Option<Part>,
+}
+
+/// The parts of `cargo xtask bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The published-port scale benchmark (this file).
+    Scale,
+    /// The side-by-side comparison with the Linux paths (compare.rs).
+    Compare,
 }
 
 /// The sizes of one run, from [`Options`].
@@ -103,6 +115,9 @@ impl Plan {
 
     fn command_line(&self, opts: Options) -> String {
         let mut line = String::from("cargo xtask bench");
+        if opts.only == Some(Part::Scale) {
+            line.push_str(" --only scale");
+        }
         if self.quick {
             line.push_str(" --quick");
         }
@@ -171,6 +186,36 @@ pub fn bench(ws: &Workspace, opts: Options) -> anyhow::Result<ExitCode> {
         );
     }
     let bin = build::build(ws, true)?;
+    let compare_opts = compare::Options {
+        quick: opts.quick,
+        repeats: opts.repeats,
+    };
+    let compare_only = opts.only == Some(Part::Compare);
+    if compare_only {
+        return compare::compare(ws, &bin, compare_opts, true, machine(ws, cpus));
+    }
+    // An error in the scale part stops here: the comparison would meet the same trouble.
+    let scale_code = scale(ws, opts, plan, &bin, cpus)?;
+    if opts.only == Some(Part::Scale) || lab::INTERRUPTED.load(Ordering::SeqCst) {
+        return Ok(scale_code);
+    }
+    let compare_code = compare::compare(ws, &bin, compare_opts, false, machine(ws, cpus))?;
+    Ok(if scale_code == ExitCode::SUCCESS {
+        compare_code
+    } else {
+        scale_code
+    })
+}
+
+/// The published-port scale part: runs it against `bin`, writes and prints the results, and
+/// always removes the lab.
+fn scale(
+    ws: &Workspace,
+    opts: Options,
+    plan: Plan,
+    bin: &Path,
+    cpus: usize,
+) -> anyhow::Result<ExitCode> {
     let out_dir = ws.target_dir()?.join("bench");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
@@ -197,7 +242,7 @@ pub fn bench(ws: &Workspace, opts: Options) -> anyhow::Result<ExitCode> {
     println!("\n# The lab: a host namespace running netpath, a LAN client namespace, one endpoint");
 
     lab::catch_signals();
-    let outcome = Lab::create(&bin).map(|lab| {
+    let outcome = Lab::create(bin).map(|lab| {
         let measured = measure(&lab, &plan, &files);
         (lab, measured)
     });
@@ -215,15 +260,31 @@ pub fn bench(ws: &Workspace, opts: Options) -> anyhow::Result<ExitCode> {
     }
     println!("\n# Clean-up: netpath purge --force, the namespaces deleted");
     let clean = lab.teardown();
-    let (rows, facts) = match measured {
+    let (mut rows, mut facts) = match measured {
         Ok(found) => found,
         Err(_) => return Ok(ExitCode::FAILURE),
     };
     if !clean {
         bail!("the benchmark ran, but clean-up left something behind (see the messages above)");
     }
+    // Docker's iptables path and the 500-UDP-port memory part, each in fresh namespaces.
+    let more = scale_iptables::measure(&plan).and_then(|(r, f)| {
+        rows.extend(r);
+        facts.extend(f);
+        memory::measure(bin, &out_dir)
+    });
+    let memory = match more {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("\n{TAG}: error: {e:#}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    rows.extend(memory.rows);
+    facts.extend(memory.facts);
 
-    let verdicts = verdicts(&plan, &rows, &facts);
+    let mut verdicts = verdicts(&plan, &rows, &facts);
+    verdicts.extend(memory.verdicts);
     let results = Results {
         machine,
         setup,
@@ -739,6 +800,7 @@ mod tests {
             quick,
             scale,
             repeats: None,
+            only: None,
         }
     }
 

@@ -58,9 +58,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmark netpath: today only the published-port scale benchmark (issues 5 and 6).
+    /// Benchmark netpath: the published-port scale benchmark, then the side-by-side comparison
+    /// with the Linux paths it replaces (issues 5 and 6).
     ///
-    /// Sets up, builds netpath in release, then, in namespaces it creates and removes on every
+    /// Scale part. Sets up, builds netpath in release, then, in namespaces it creates and removes on every
     /// exit path (npbench-host running instance `bench`, npbench-lan as a LAN client on
     /// 10.78.0.0/24, one endpoint `web` with an accept-and-close server on port 80), measures,
     /// each repeated (median, min, max):
@@ -69,17 +70,34 @@ enum Command {
     /// last K of N (K = 200, quick 50), extrapolated to N; new TCP connections per second from
     /// the LAN client to the first and to the N-th mapping (server on CPU 0, client on CPU 1);
     /// the peak RSS of the `publish -f` process, and that no netpath process stays running.
+    /// Then, in namespaces npipt-*: the same N as iptables DNAT rules laid out like Docker 28
+    /// (one `iptables` command at a time, K first and K last, extrapolated; and one
+    /// `iptables-restore --noflush`) with connections/s to its first and last mapping; and
+    /// 500 published UDP ports, netpath (processes, RSS, BPF map memlock) against one socat
+    /// per port (processes, summed VmRSS and Pss).
     /// Writes target/bench/scale.md and scale.json (scale-quick.* for --quick), prints the table
     /// and one verdict per target. About 2 minutes after the build; --quick well under one.
     ///
-    /// Not built yet (issue 6): Docker's iptables and nftables DNAT and docker-proxy paths, the
-    /// routed no-NAT lower bound, TCP throughput, request/response latency, UDP packets per
-    /// second, container to container, memory for 500 UDP mappings, charts.
+    /// Comparison part. Installs iptables, nftables and socat if missing, then measures five
+    /// paths, each in a fresh lab (npcmp-host, npcmp-lan as the LAN client 10.201.0.2,
+    /// containers npcmp-ctr1/npcmp-ctr2 on 172.17.0.0/16) removed before the next: netpath
+    /// (instance `cmp`), plain routing with no NAT (the lower bound), iptables DNAT laid out
+    /// like Docker 28 (br_netfilter on where the kernel has it), the same in native nftables,
+    /// and a userspace proxy per port (socat). Each repeated (median, min, max), servers on
+    /// CPU 0, clients on CPU 1: TCP stream (iperf3), TCP request/response rate and p50/p99
+    /// (sockperf), new TCP connections/s, UDP 64-byte packets/s received; container to
+    /// container request/response, netpath vs a plain bridge. Writes target/bench/compare.md,
+    /// .json and .svg (compare-quick.* for --quick); prints the ratios netpath/routed,
+    /// netpath/iptables, netpath/nftables and the targets last. About 5 minutes; --quick 2.
     #[command(verbatim_doc_comment)]
     Bench {
-        /// Smaller and shorter: N = 2000, 3 repeats, 1 s connect loops, K = 50.
+        /// Smaller and shorter: N = 2000, 3 repeats, 1 s connect loops, K = 50; the comparison
+        /// with 1-2 s runs.
         #[arg(long)]
         quick: bool,
+        /// Run only one part: `scale` or `compare` (default: both, scale first).
+        #[arg(long, value_name = "PART", value_parser = ["scale", "compare"])]
+        only: Option<String>,
         /// N, the number of mappings (default 10000; with --quick 2000).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
         scale: Option<u32>,
@@ -179,17 +197,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             quick,
+            only,
             scale,
             repeats,
         } => {
             require_root("cargo xtask bench")?;
             setup::setup(&ws)?;
+            let only = match only.as_deref() {
+                Some("scale") => Some(bench::Part::Scale),
+                Some("compare") => Some(bench::Part::Compare),
+                _ => None,
+            };
+            // Both parts need them: the scale part runs iptables and socat too.
+            setup::bench_setup()?;
             bench::bench(
                 &ws,
                 bench::Options {
                     quick,
                     scale,
                     repeats: repeats.map(usize::from),
+                    only,
                 },
             )
         }

@@ -85,6 +85,24 @@ fn debian_packages() -> anyhow::Result<()> {
     install_missing(DEBIAN_PACKAGES, &[], "the Debian packages netpath needs")
 }
 
+/// Debian packages only the benchmark (`cargo xtask bench`: the comparison, and the scale
+/// part's iptables and proxy-per-port rows) uses, installed on its first run and never by
+/// `cargo xtask test`: `iptables` (Debian's default is its nf_tables
+/// backend, what Docker 28 on Debian uses), `nftables` (`nft`), and `socat`, the userspace
+/// proxy per port standing in for docker-proxy (which Debian ships only inside `docker.io`,
+/// a whole Docker engine). iperf3 and sockperf are in [`DEBIAN_PACKAGES`].
+pub const BENCH_PACKAGES: &[&str] = &["iptables", "nftables", "socat"];
+
+/// What the comparison benchmark needs on top of [`setup`]: [`BENCH_PACKAGES`], installed with
+/// one line saying so.
+pub fn bench_setup() -> anyhow::Result<()> {
+    install_missing(
+        BENCH_PACKAGES,
+        &["--no-install-recommends"],
+        "the Debian packages the comparison benchmark needs",
+    )
+}
+
 /// Installs those of `packages` that are not installed (apt-get update first), printing one
 /// line naming them; `apt_args` go to `apt-get install` (e.g. `--no-install-recommends`).
 fn install_missing(packages: &[&str], apt_args: &[&str], what: &str) -> anyhow::Result<()> {

@@ -1,0 +1,1314 @@
+//! Owns the side-by-side comparison of `cargo xtask bench` (issue 6): netpath and the Linux
+//! paths it replaces — routing with no NAT (the lower bound), iptables DNAT laid out like
+//! Docker 28, the same in native nftables, a userspace proxy per port — measured in the same
+//! run on the same machine, each path in a fresh lab (`paths.rs`) torn down before the next.
+//! Per path, each repeated (median, min, max), from a LAN client on CPU 1 to servers in a
+//! container on CPU 0: TCP stream throughput (iperf3), TCP request/response rate with p50/p99
+//! round-trip time (sockperf ping-pong), new TCP connections per second (`traffic.rs`), UDP
+//! 64-byte datagrams per second received by the server (iperf3); and container to container
+//! request/response, netpath against a plain Linux bridge. Writes target/bench/compare.md,
+//! .json and .svg (compare-quick.* for --quick) and prints the ratios last, with the issue's
+//! targets as met or not met.
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use super::{
+    chart::{self, Group, Series},
+    lab::{INTERRUPTED, check_interrupt},
+    load,
+    paths::{self, CONTAINER_IPS, CONTAINER_NS, LAN_IP, LAN_NS, Lab, PathKind, Tools},
+    report::{Machine, Summary},
+    traffic::{self, AcceptServer},
+};
+use crate::{TAG, Workspace};
+
+/// The servers' CPU and the clients' (issue 6: one CPU each).
+pub const SERVER_CPU: usize = 0;
+pub const CLIENT_CPU: usize = 1;
+/// sockperf message size, and the UDP datagram payload size.
+const MESSAGE_BYTES: &str = "64";
+/// How long a connect warm-up runs before the measured loops.
+const WARM_UP: Duration = Duration::from_millis(300);
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub quick: bool,
+    pub repeats: Option<usize>,
+}
+
+/// Durations and repeats of one run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    quick: bool,
+    repeats: usize,
+    /// iperf3 `-t` for the TCP stream and the UDP test.
+    iperf_seconds: u32,
+    /// sockperf `-t` (its first 0.4 s are a warm-up it does not count).
+    sockperf_seconds: u32,
+    connect: Duration,
+}
+
+impl Plan {
+    fn new(opts: Options) -> Self {
+        let repeats = opts
+            .repeats
+            .unwrap_or(if opts.quick { 3 } else { 5 })
+            .max(1);
+        if opts.quick {
+            Self {
+                quick: true,
+                repeats,
+                iperf_seconds: 1,
+                // 0.6 s measured after sockperf's own 0.4 s warm-up.
+                sockperf_seconds: 1,
+                connect: Duration::from_secs(1),
+            }
+        } else {
+            Self {
+                quick: false,
+                repeats,
+                iperf_seconds: 2,
+                sockperf_seconds: 3,
+                connect: Duration::from_secs(2),
+            }
+        }
+    }
+
+    fn stem(&self) -> &'static str {
+        if self.quick {
+            "compare-quick"
+        } else {
+            "compare"
+        }
+    }
+
+    fn command_line(&self, opts: Options, only: bool) -> String {
+        let mut line = String::from("cargo xtask bench");
+        if only {
+            line.push_str(" --only compare");
+        }
+        if self.quick {
+            line.push_str(" --quick");
+        }
+        if let Some(r) = opts.repeats {
+            line.push_str(&format!(" --repeats {r}"));
+        }
+        line
+    }
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    TcpStream,
+    TcpRr,
+    TcpRrP50,
+    TcpRrP99,
+    ConnRate,
+    UdpPps,
+    C2cRr,
+    C2cP50,
+    C2cP99,
+}
+
+impl Metric {
+    const PUBLISHED: [Metric; 6] = [
+        Metric::TcpStream,
+        Metric::TcpRr,
+        Metric::TcpRrP50,
+        Metric::TcpRrP99,
+        Metric::ConnRate,
+        Metric::UdpPps,
+    ];
+    const C2C: [Metric; 3] = [Metric::C2cRr, Metric::C2cP50, Metric::C2cP99];
+    /// The rates the ratios and targets are about.
+    const RATES: [Metric; 4] = [
+        Metric::TcpStream,
+        Metric::TcpRr,
+        Metric::ConnRate,
+        Metric::UdpPps,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Metric::TcpStream => "tcp_stream_gbit_s",
+            Metric::TcpRr => "tcp_rr_per_s",
+            Metric::TcpRrP50 => "tcp_rr_rtt_p50_us",
+            Metric::TcpRrP99 => "tcp_rr_rtt_p99_us",
+            Metric::ConnRate => "tcp_conn_per_s",
+            Metric::UdpPps => "udp64_received_pps",
+            Metric::C2cRr => "c2c_tcp_rr_per_s",
+            Metric::C2cP50 => "c2c_tcp_rr_rtt_p50_us",
+            Metric::C2cP99 => "c2c_tcp_rr_rtt_p99_us",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Metric::TcpStream => "TCP stream (iperf3)",
+            Metric::TcpRr => "TCP request/response, 64 B (sockperf)",
+            Metric::TcpRrP50 => "  round trip p50",
+            Metric::TcpRrP99 => "  round trip p99",
+            Metric::ConnRate => "new TCP connections",
+            Metric::UdpPps => "UDP 64 B received by the server (iperf3 -b 0)",
+            Metric::C2cRr => "container to container TCP request/response, 64 B",
+            Metric::C2cP50 => "  round trip p50",
+            Metric::C2cP99 => "  round trip p99",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Metric::TcpStream => "TCP stream",
+            Metric::TcpRr => "TCP RR",
+            Metric::ConnRate => "conn/s",
+            Metric::UdpPps => "UDP 64 B pps",
+            Metric::C2cRr => "c2c TCP RR",
+            Metric::TcpRrP50 | Metric::C2cP50 => "RTT p50",
+            Metric::TcpRrP99 | Metric::C2cP99 => "RTT p99",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::TcpStream => "Gbit/s",
+            Metric::TcpRr | Metric::C2cRr => "trans/s",
+            Metric::TcpRrP50 | Metric::TcpRrP99 | Metric::C2cP50 | Metric::C2cP99 => "µs",
+            Metric::ConnRate => "conn/s",
+            Metric::UdpPps => "pkt/s",
+        }
+    }
+
+    /// The issue's target for netpath over the routed path (c2c: over the plain bridge).
+    fn target(self) -> Option<f64> {
+        match self {
+            Metric::TcpStream => Some(1.00),
+            Metric::TcpRr | Metric::ConnRate | Metric::UdpPps => Some(1.10),
+            Metric::C2cRr => Some(1.30),
+            _ => None,
+        }
+    }
+}
+
+/// Which paths also measure container to container: netpath, the plain bridge (the routed
+/// lab: no netfilter, br_netfilter off) and Docker's bridge (the iptables lab, br_netfilter on).
+fn measures_c2c(kind: PathKind) -> bool {
+    matches!(
+        kind,
+        PathKind::Netpath | PathKind::Routed | PathKind::Iptables
+    )
+}
+
+/// The c2c column title of a path.
+fn c2c_title(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::Netpath => "netpath",
+        PathKind::Routed => "plain Linux bridge",
+        PathKind::Iptables => "bridge + br_netfilter + Docker's iptables",
+        _ => kind.title(),
+    }
+}
+
+/// What one path's lab measured.
+#[derive(Debug, Clone)]
+struct PathResult {
+    kind: PathKind,
+    samples: Vec<(Metric, Vec<f64>)>,
+    /// Metrics (or the whole lab) that failed, with why.
+    errors: Vec<(String, String)>,
+    br_netfilter: &'static str,
+    failed_connects: u64,
+    first_connect_error: Option<String>,
+    /// UDP datagrams sent and received in all measured runs.
+    udp_sent: u64,
+    udp_received: u64,
+    /// netpath only: its path and drop counters after the measurements.
+    netpath_stats: Option<String>,
+}
+
+impl PathResult {
+    fn new(kind: PathKind) -> Self {
+        Self {
+            kind,
+            samples: Vec::new(),
+            errors: Vec::new(),
+            br_netfilter: "",
+            failed_connects: 0,
+            first_connect_error: None,
+            udp_sent: 0,
+            udp_received: 0,
+            netpath_stats: None,
+        }
+    }
+
+    fn push(&mut self, metric: Metric, value: f64) {
+        match self.samples.iter_mut().find(|(m, _)| *m == metric) {
+            Some((_, values)) => values.push(value),
+            None => self.samples.push((metric, vec![value])),
+        }
+    }
+
+    fn summary(&self, metric: Metric) -> Option<Summary> {
+        self.samples
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .and_then(|(_, v)| Summary::of(v))
+    }
+
+    fn failed(&self, metric: Metric) -> bool {
+        self.errors.iter().any(|(what, _)| what == metric.key())
+    }
+}
+
+/// `cargo xtask bench [--only compare]`: the comparison, after the caller set up the machine
+/// and built `bin` (release). `only` says whether it runs alone (for the replay line).
+pub fn compare(
+    ws: &Workspace,
+    bin: &Path,
+    opts: Options,
+    only: bool,
+    machine: Machine,
+) -> anyhow::Result<ExitCode> {
+    let plan = Plan::new(opts);
+    let tools = paths::tools()?;
+    let out_dir = ws.target_dir()?.join("bench");
+    let files = out_dir.join(format!("{}-files", plan.stem()));
+    std::fs::create_dir_all(&files)
+        .with_context(|| format!("cannot create {}", files.display()))?;
+    println!(
+        "\nnetpath side-by-side comparison: {} paths, {} repeats each (iperf3 {} s, sockperf {} s, \
+         connect loops {} s); servers on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}; release \
+         binary {}",
+        PathKind::ALL.len(),
+        plan.repeats,
+        plan.iperf_seconds,
+        plan.sockperf_seconds,
+        plan.connect.as_secs_f64(),
+        bin.display()
+    );
+    println!("# iptables: {}", tools.iptables_version);
+    println!("# nftables: {}", tools.nft_version);
+    println!("# userspace proxy: {}", tools.proxy);
+    super::lab::catch_signals();
+    let mut results = Vec::new();
+    for kind in PathKind::ALL {
+        check_interrupt()?;
+        println!("\n# Path {}: {}", kind.title(), kind.description());
+        let result = run_path(kind, bin, &files, &plan);
+        // Teardown happened inside run_path (the lab's guard); an interrupt stops the run.
+        check_interrupt()?;
+        results.push(result?);
+    }
+
+    let report = Report {
+        machine,
+        plan,
+        command: plan.command_line(opts, only),
+        tools,
+        results,
+    };
+    let md_path = out_dir.join(format!("{}.md", plan.stem()));
+    let json_path = out_dir.join(format!("{}.json", plan.stem()));
+    let svg_path = out_dir.join(format!("{}.svg", plan.stem()));
+    let (body, ratios) = (report.body(), report.ratios_text());
+    let markdown = format!("{body}\n{ratios}");
+    std::fs::write(&md_path, &markdown)
+        .with_context(|| format!("cannot write {}", md_path.display()))?;
+    let json = serde_json::to_string_pretty(&report.json()).context("cannot render the JSON")?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(&svg_path, report.svg())
+        .with_context(|| format!("cannot write {}", svg_path.display()))?;
+    println!(
+        "\n{TAG}: wrote {}, {} and {}",
+        md_path.display(),
+        json_path.display(),
+        svg_path.display()
+    );
+    // The ratios last, as issue 6 asks.
+    println!("\n{body}\n{ratios}");
+    let failed = report.results.iter().any(|r| !r.errors.is_empty());
+    if failed {
+        eprintln!(
+            "{TAG}: some measurements failed (marked `failed` above; the reasons are in the \
+             report's notes)"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds `kind`'s lab, measures, and tears the lab down. A failing metric is recorded and the
+/// others still run; a lab that cannot be built or removed is recorded as failed; only an
+/// interrupt is an error.
+fn run_path(kind: PathKind, bin: &Path, files: &Path, plan: &Plan) -> anyhow::Result<PathResult> {
+    let mut result = PathResult::new(kind);
+    let started = std::time::Instant::now();
+    let mut lab = match Lab::create(kind, bin, files) {
+        Ok(lab) => lab,
+        Err(e) => {
+            check_interrupt()?;
+            eprintln!("{TAG}: error: the {} lab: {e:#}", kind.title());
+            result.errors.push(("lab".into(), format!("{e:#}")));
+            return Ok(result);
+        }
+    };
+    result.br_netfilter = lab.br_netfilter.describe();
+    println!(
+        "# bridge netfilter (br_netfilter) in the host namespace: {}",
+        result.br_netfilter
+    );
+    let measured = measure(&mut lab, plan, &mut result);
+    if kind == PathKind::Netpath {
+        match lab.netpath(&["stats"]) {
+            Ok(stats) => result.netpath_stats = Some(stats_summary(&stats)),
+            Err(e) => result
+                .errors
+                .push(("netpath stats".into(), format!("{e:#}"))),
+        }
+    }
+    let clean = lab.teardown();
+    println!(
+        "# clean-up: servers ended by their process group, namespaces deleted (this path took \
+         {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    if !clean {
+        result.errors.push((
+            "clean-up".into(),
+            "the lab was not removed completely (see above)".into(),
+        ));
+    }
+    measured?;
+    Ok(result)
+}
+
+/// Runs every metric of one lab; errors of one metric go into `result`, an interrupt returns.
+fn measure(lab: &mut Lab, plan: &Plan, result: &mut PathResult) -> anyhow::Result<()> {
+    let lan = paths::ns_path(LAN_NS);
+    let stream = lab.lan_target(paths::IPERF_TCP);
+    let udp = lab.lan_target(paths::IPERF_UDP);
+    let rr = lab.lan_target(paths::SOCKPERF);
+    let conn = lab.lan_target(paths::CONNECT);
+    let server_ns = paths::ns_path(CONTAINER_NS[0]);
+    println!(
+        "# from {LAN_NS} ({LAN_IP}) on CPU {CLIENT_CPU}: iperf3 to {stream}, sockperf to {rr}, \
+         connect loop to {conn} (accept-and-close server in {}), iperf3 -u to {udp}",
+        CONTAINER_NS[0]
+    );
+    let server = AcceptServer::bind(
+        &server_ns,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, paths::CONNECT.container_port),
+    )
+    .with_context(|| format!("cannot start the accept server in {}", server_ns.display()))?;
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let serving = s.spawn(|| server.serve(SERVER_CPU, &INTERRUPTED));
+        let measured = (|| -> anyhow::Result<()> {
+            // A warm-up that also proves the path works before anything is timed.
+            let warm = traffic::connect_loop(&lan, CLIENT_CPU, LAN_IP, conn, WARM_UP, &INTERRUPTED)
+                .context("the warm-up connect loop failed")?;
+            check_interrupt()?;
+            if warm.connected == 0 {
+                result.errors.push((
+                    Metric::ConnRate.key().into(),
+                    format!(
+                        "no connection to {conn} got through in the warm-up ({})",
+                        warm.first_error.as_deref().unwrap_or("no error either")
+                    ),
+                ));
+            }
+            for repeat in 1..=plan.repeats {
+                let mut line = Vec::new();
+                attempt(result, Metric::TcpStream, &mut line, |r| {
+                    let bps = tcp_stream(&lan, stream, plan)?;
+                    r.push(Metric::TcpStream, bps / 1e9);
+                    Ok(format!("stream {:.2} Gbit/s", bps / 1e9))
+                })?;
+                attempt(result, Metric::TcpRr, &mut line, |r| {
+                    let pp = ping_pong(&lan, rr, plan)?;
+                    r.push(Metric::TcpRr, pp.per_second);
+                    r.push(Metric::TcpRrP50, pp.p50_us);
+                    r.push(Metric::TcpRrP99, pp.p99_us);
+                    Ok(format!(
+                        "RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
+                        pp.per_second, pp.p50_us, pp.p99_us
+                    ))
+                })?;
+                attempt(result, Metric::ConnRate, &mut line, |r| {
+                    let run = traffic::connect_loop(
+                        &lan,
+                        CLIENT_CPU,
+                        LAN_IP,
+                        conn,
+                        plan.connect,
+                        &INTERRUPTED,
+                    )
+                    .context("the connect loop failed")?;
+                    check_interrupt()?;
+                    r.failed_connects += run.failed;
+                    if r.first_connect_error.is_none() {
+                        r.first_connect_error = run.first_error.clone();
+                    }
+                    if run.connected == 0 {
+                        bail!(
+                            "no connection to {conn} got through ({})",
+                            run.first_error.as_deref().unwrap_or("no error either")
+                        );
+                    }
+                    r.push(Metric::ConnRate, run.per_second());
+                    let failed = if run.failed > 0 {
+                        format!(" ({} failed)", run.failed)
+                    } else {
+                        String::new()
+                    };
+                    Ok(format!("{:.0} conn/s{failed}", run.per_second()))
+                })?;
+                attempt(result, Metric::UdpPps, &mut line, |r| {
+                    let got = udp_flood(&lan, udp, plan)?;
+                    r.udp_sent += got.sent;
+                    r.udp_received += got.received;
+                    r.push(Metric::UdpPps, got.received_per_second());
+                    Ok(format!(
+                        "UDP {:.0} pkt/s received ({} of {} sent)",
+                        got.received_per_second(),
+                        got.received,
+                        got.sent
+                    ))
+                })?;
+                println!("  run {repeat}: {}", line.join(", "));
+                lab.check_daemons()?;
+            }
+            if measures_c2c(lab.kind) {
+                let ctr2 = paths::ns_path(CONTAINER_NS[1]);
+                let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
+                println!(
+                    "# container to container ({}): sockperf from {} to {target}",
+                    c2c_title(lab.kind),
+                    CONTAINER_NS[1]
+                );
+                for repeat in 1..=plan.repeats {
+                    let mut line = Vec::new();
+                    attempt(result, Metric::C2cRr, &mut line, |r| {
+                        let pp = ping_pong(&ctr2, target, plan)?;
+                        r.push(Metric::C2cRr, pp.per_second);
+                        r.push(Metric::C2cP50, pp.p50_us);
+                        r.push(Metric::C2cP99, pp.p99_us);
+                        Ok(format!(
+                            "c2c RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
+                            pp.per_second, pp.p50_us, pp.p99_us
+                        ))
+                    })?;
+                    println!("  run {repeat}: {}", line.join(", "));
+                }
+            }
+            Ok(())
+        })();
+        server.stop.store(true, Ordering::Relaxed);
+        let served = serving
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        measured?;
+        served.context("the accept-and-close server failed")?;
+        Ok(())
+    })
+}
+
+/// Runs one measurement of `metric` unless it already failed in this lab; a failure is
+/// recorded (and shown) rather than returned, except an interrupt.
+fn attempt(
+    result: &mut PathResult,
+    metric: Metric,
+    line: &mut Vec<String>,
+    f: impl FnOnce(&mut PathResult) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    if result.failed(metric) {
+        line.push(format!("{} failed before", metric.short()));
+        return Ok(());
+    }
+    match f(result) {
+        Ok(text) => line.push(text),
+        Err(e) => {
+            check_interrupt()?;
+            eprintln!("{TAG}: {} failed: {e:#}", metric.short());
+            line.push(format!("{} FAILED", metric.short()));
+            result.errors.push((metric.key().into(), format!("{e:#}")));
+        }
+    }
+    Ok(())
+}
+
+/// iperf3's server handles one test at a time and may still be finishing the last one.
+fn iperf3(lan: &Path, args: &[&str], limit: Duration) -> anyhow::Result<String> {
+    let mut tries = 0;
+    loop {
+        let out = load::run_client(lan, CLIENT_CPU, "iperf3", args, limit)?;
+        tries += 1;
+        if tries < 3 && out.stdout.contains("server is busy") {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        return Ok(out.stdout);
+    }
+}
+
+fn tcp_stream(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<f64> {
+    let (ip, port, secs) = (
+        target.ip().to_string(),
+        target.port().to_string(),
+        plan.iperf_seconds.to_string(),
+    );
+    let cpu = CLIENT_CPU.to_string();
+    let limit = Duration::from_secs(u64::from(plan.iperf_seconds) + 15);
+    let text = iperf3(
+        lan,
+        &[
+            "-c",
+            &ip,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-A",
+            &cpu,
+            "--connect-timeout",
+            "3000",
+            "-J",
+        ],
+        limit,
+    )?;
+    load::parse_iperf3_tcp(&text)
+}
+
+fn udp_flood(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<load::UdpResult> {
+    let (ip, port, secs) = (
+        target.ip().to_string(),
+        target.port().to_string(),
+        plan.iperf_seconds.to_string(),
+    );
+    let cpu = CLIENT_CPU.to_string();
+    let limit = Duration::from_secs(u64::from(plan.iperf_seconds) + 15);
+    let text = iperf3(
+        lan,
+        &[
+            "-c",
+            &ip,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-A",
+            &cpu,
+            "-u",
+            "-l",
+            MESSAGE_BYTES,
+            "-b",
+            "0",
+            "--connect-timeout",
+            "3000",
+            "-J",
+        ],
+        limit,
+    )?;
+    load::parse_iperf3_udp(&text)
+}
+
+fn ping_pong(
+    client_ns: &Path,
+    target: SocketAddrV4,
+    plan: &Plan,
+) -> anyhow::Result<load::PingPong> {
+    let (ip, port, secs) = (
+        target.ip().to_string(),
+        target.port().to_string(),
+        plan.sockperf_seconds.to_string(),
+    );
+    let limit = Duration::from_secs(u64::from(plan.sockperf_seconds) + 10);
+    let out = load::run_client(
+        client_ns,
+        CLIENT_CPU,
+        "sockperf",
+        &[
+            "ping-pong",
+            "--tcp",
+            "-i",
+            &ip,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-m",
+            MESSAGE_BYTES,
+            "--mps=max",
+            "--full-rtt",
+        ],
+        limit,
+    )?;
+    load::parse_sockperf_pingpong(&(out.stdout + &out.stderr))
+        .with_context(|| format!("`{}`", out.shown))
+}
+
+/// The counters of `netpath stats` that show which way the packets went, in this order.
+const PATH_COUNTERS: [&str; 4] = [
+    "dnat_in",
+    "dnat_reply_out",
+    "forwarded_local",
+    "passed_to_stack",
+];
+
+/// From `netpath stats`: the counters that show whether the traffic took the eBPF short cut
+/// (e.g. `dnat_in`) or the kernel's stack (`passed_to_stack`), the drop total and each
+/// non-zero drop reason.
+fn stats_summary(stats: &str) -> String {
+    let mut in_drops = false;
+    let mut counters = Vec::new();
+    let mut reasons = Vec::new();
+    let mut total = None;
+    for line in stats.lines() {
+        if line.starts_with("DROP REASON") {
+            in_drops = true;
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let count = words.next_back().and_then(|c| c.parse::<u64>().ok());
+        let name = words.collect::<Vec<_>>().join(" ");
+        match count {
+            Some(n) if !in_drops && PATH_COUNTERS.contains(&name.as_str()) => {
+                counters.push((name, n));
+            }
+            Some(n) if in_drops && name == "(total dropped)" => total = Some(n),
+            Some(n) if in_drops && n > 0 => reasons.push(format!("{name} {n}")),
+            _ => {}
+        }
+    }
+    counters.sort_by_key(|(name, _)| PATH_COUNTERS.iter().position(|c| c == name));
+    let mut out: Vec<String> = counters
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    out.push(match (total, reasons.is_empty()) {
+        (Some(t), true) => format!("{t} packets dropped"),
+        (Some(t), false) => format!("{t} packets dropped ({})", reasons.join(", ")),
+        (None, _) => "`netpath stats` printed no drop total".into(),
+    });
+    out.join(", ")
+}
+
+/// Everything one comparison run found, and its renderings.
+struct Report {
+    machine: Machine,
+    plan: Plan,
+    command: String,
+    tools: Tools,
+    results: Vec<PathResult>,
+}
+
+/// Median with min and max, as a table cell.
+fn cell(summary: Option<Summary>, failed: bool) -> String {
+    match summary {
+        Some(s) => format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)),
+        None if failed => "failed".into(),
+        None => "–".into(),
+    }
+}
+
+fn num(x: f64) -> String {
+    let magnitude = x.abs();
+    if magnitude >= 100.0 {
+        format!("{x:.0}")
+    } else if magnitude >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// One ratio of the report: netpath's median over another path's, for one metric.
+#[derive(Debug, Clone, Copy)]
+struct Ratio {
+    metric: Metric,
+    other: PathKind,
+    value: Option<f64>,
+}
+
+impl Report {
+    fn result(&self, kind: PathKind) -> Option<&PathResult> {
+        self.results.iter().find(|r| r.kind == kind)
+    }
+
+    fn median(&self, kind: PathKind, metric: Metric) -> Option<f64> {
+        self.result(kind)?.summary(metric).map(|s| s.median)
+    }
+
+    fn ratio(&self, metric: Metric, other: PathKind) -> Ratio {
+        let value = match (
+            self.median(PathKind::Netpath, metric),
+            self.median(other, metric),
+        ) {
+            (Some(n), Some(o)) if o > 0.0 => Some(n / o),
+            _ => None,
+        };
+        Ratio {
+            metric,
+            other,
+            value,
+        }
+    }
+
+    /// The ratios printed last: each rate against routed, iptables, nftables and the proxy,
+    /// and container to container against the plain bridge and Docker's bridge.
+    fn ratios(&self) -> Vec<Vec<Ratio>> {
+        let mut rows: Vec<Vec<Ratio>> = Metric::RATES
+            .iter()
+            .map(|&m| {
+                [
+                    PathKind::Routed,
+                    PathKind::Iptables,
+                    PathKind::Nftables,
+                    PathKind::Proxy,
+                ]
+                .iter()
+                .map(|&other| self.ratio(m, other))
+                .collect()
+            })
+            .collect();
+        rows.push(vec![
+            self.ratio(Metric::C2cRr, PathKind::Routed),
+            self.ratio(Metric::C2cRr, PathKind::Iptables),
+        ]);
+        rows
+    }
+
+    /// Target verdicts: (metric, target, measured ratio, met).
+    fn verdicts(&self) -> Vec<(Metric, f64, Option<f64>, bool)> {
+        Metric::RATES
+            .iter()
+            .chain(&[Metric::C2cRr])
+            .filter_map(|&m| {
+                let target = m.target()?;
+                let ratio = self.ratio(m, PathKind::Routed).value;
+                Some((m, target, ratio, ratio.is_some_and(|r| r >= target)))
+            })
+            .collect()
+    }
+
+    /// The whole markdown report: tables and facts, then the ratios.
+    #[cfg(test)]
+    fn markdown(&self) -> String {
+        format!("{}\n{}", self.body(), self.ratios_text())
+    }
+
+    /// The tables and facts.
+    fn body(&self) -> String {
+        let m = &self.machine;
+        let p = &self.plan;
+        let mut out = String::new();
+        let _ = writeln!(out, "# netpath side-by-side comparison\n");
+        let _ = writeln!(
+            out,
+            "{} · Linux {} · {} ({} CPUs) · netpath {} · mode {} · {} repeats (iperf3 {} s, \
+             sockperf {} s, connect loops {} s) · servers on CPU {SERVER_CPU}, clients on CPU \
+             {CLIENT_CPU}\n",
+            m.date,
+            m.kernel,
+            m.cpu_model,
+            m.cpus,
+            m.netpath_version,
+            if p.quick { "quick" } else { "default" },
+            p.repeats,
+            p.iperf_seconds,
+            p.sockperf_seconds,
+            p.connect.as_secs_f64()
+        );
+        let _ = writeln!(out, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            out,
+            "LAN client → host uplink → container (routed: the client dials the container's own \
+             address). Cells: median (min–max).\n"
+        );
+        let _ = write!(out, "| metric | unit |");
+        for kind in PathKind::ALL {
+            let _ = write!(out, " {} |", kind.title());
+        }
+        let _ = write!(out, "\n|---|---|");
+        for _ in PathKind::ALL {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+        for metric in Metric::PUBLISHED {
+            let _ = write!(out, "| {} | {} |", metric.label(), metric.unit());
+            for kind in PathKind::ALL {
+                let r = self.result(kind);
+                let _ = write!(
+                    out,
+                    " {} |",
+                    cell(
+                        r.and_then(|r| r.summary(metric)),
+                        r.is_none_or(|r| !r.errors.is_empty())
+                    )
+                );
+            }
+            out.push('\n');
+        }
+        let c2c: Vec<PathKind> = PathKind::ALL
+            .into_iter()
+            .filter(|k| measures_c2c(*k))
+            .collect();
+        let _ = write!(
+            out,
+            "\nContainer to container (second container → first).\n\n| metric | unit |"
+        );
+        for kind in &c2c {
+            let _ = write!(out, " {} |", c2c_title(*kind));
+        }
+        let _ = write!(out, "\n|---|---|");
+        for _ in &c2c {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+        for metric in Metric::C2C {
+            let _ = write!(out, "| {} | {} |", metric.label(), metric.unit());
+            for kind in &c2c {
+                let r = self.result(*kind);
+                let _ = write!(
+                    out,
+                    " {} |",
+                    cell(
+                        r.and_then(|r| r.summary(metric)),
+                        r.is_none_or(|r| !r.errors.is_empty())
+                    )
+                );
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(out, "\nPaths and facts:\n");
+        for kind in PathKind::ALL {
+            let _ = writeln!(out, "- {}: {}", kind.title(), kind.description());
+        }
+        let _ = writeln!(
+            out,
+            "- iptables: `{}`{}",
+            self.tools.iptables_version,
+            if self.tools.iptables_version.contains("nf_tables") {
+                " — the nf_tables backend (Debian's default, what Docker 28 on Debian uses)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "- nftables: `{}`", self.tools.nft_version);
+        let _ = writeln!(out, "- userspace proxy: {}", self.tools.proxy);
+        for r in &self.results {
+            if !r.br_netfilter.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "- br_netfilter, {} lab: {}",
+                    r.kind.title(),
+                    r.br_netfilter
+                );
+            }
+        }
+        for r in &self.results {
+            if r.failed_connects > 0 {
+                let _ = writeln!(
+                    out,
+                    "- {}: {} connects failed or took over 0.2 s (first: {})",
+                    r.kind.title(),
+                    r.failed_connects,
+                    r.first_connect_error.as_deref().unwrap_or("?")
+                );
+            }
+            if r.udp_sent > 0 {
+                let _ = writeln!(
+                    out,
+                    "- {}: UDP, the server received {} of {} datagrams sent ({:.1}%)",
+                    r.kind.title(),
+                    r.udp_received,
+                    r.udp_sent,
+                    100.0 * r.udp_received as f64 / r.udp_sent as f64
+                );
+            }
+            if let Some(drops) = &r.netpath_stats {
+                let _ = writeln!(
+                    out,
+                    "- netpath's own counters (packets) after its lab: {drops}"
+                );
+            }
+            for (what, why) in &r.errors {
+                let _ = writeln!(
+                    out,
+                    "- {} FAILED, {what}: {}",
+                    r.kind.title(),
+                    one_line(why)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "- The machine may be shared (e.g. with a VM): compare within one run, not across runs."
+        );
+        out
+    }
+
+    /// The ratio table and the verdicts, as printed last.
+    fn ratios_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "## Ratios: netpath's median over the other path's (above 1.00x netpath is faster)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| metric | netpath/routed | netpath/iptables-DNAT | netpath/nftables-DNAT | netpath/proxy |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        let rows = self.ratios();
+        let shown = |r: &Ratio| r.value.map_or("n/a".into(), |v| format!("{v:.2}x"));
+        for row in &rows[..Metric::RATES.len()] {
+            let _ = write!(out, "| {} |", row[0].metric.short());
+            for r in row {
+                let _ = write!(out, " {} |", shown(r));
+            }
+            out.push('\n');
+        }
+        let c2c = &rows[Metric::RATES.len()];
+        let _ = writeln!(
+            out,
+            "\nContainer to container TCP RR: netpath/plain bridge {}, netpath/bridge+br_netfilter+iptables {}\n",
+            shown(&c2c[0]),
+            shown(&c2c[1])
+        );
+        let _ = writeln!(
+            out,
+            "Targets (issue 6; published port vs routed, c2c vs plain bridge):\n"
+        );
+        for (metric, target, ratio, met) in self.verdicts() {
+            let against = if metric == Metric::C2cRr {
+                "netpath/plain bridge"
+            } else {
+                "netpath/routed"
+            };
+            let _ = writeln!(
+                out,
+                "- {}: {} {against} {} (target >= {target:.2}x)",
+                if met { "MET" } else { "NOT MET" },
+                metric.short(),
+                ratio.map_or("n/a".into(), |r| format!("{r:.2}x"))
+            );
+        }
+        out
+    }
+
+    fn svg(&self) -> String {
+        let series = vec![
+            Series {
+                name: "netpath / routed".into(),
+                colour: "#1f77b4",
+            },
+            Series {
+                name: "netpath / iptables DNAT".into(),
+                colour: "#ff7f0e",
+            },
+            Series {
+                name: "netpath / nftables DNAT".into(),
+                colour: "#2ca02c",
+            },
+            Series {
+                name: "netpath / proxy".into(),
+                colour: "#9467bd",
+            },
+        ];
+        let rows = self.ratios();
+        let mut groups: Vec<Group> = rows[..Metric::RATES.len()]
+            .iter()
+            .map(|row| Group {
+                label: row[0].metric.short().into(),
+                values: row.iter().map(|r| r.value).collect(),
+                target: row[0].metric.target(),
+            })
+            .collect();
+        let c2c = &rows[Metric::RATES.len()];
+        groups.push(Group {
+            label: "c2c TCP RR\nvs plain bridge (blue),\nvs Docker's bridge (orange)".into(),
+            values: vec![c2c[0].value, c2c[1].value],
+            target: Metric::C2cRr.target(),
+        });
+        chart::ratio_chart(
+            &format!(
+                "netpath vs the Linux paths it replaces ({}, {})",
+                self.machine.kernel,
+                if self.plan.quick { "quick" } else { "default" }
+            ),
+            &series,
+            &groups,
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let m = &self.machine;
+        let p = &self.plan;
+        let summary_json = |s: Summary, values: &[f64], unit: &str| {
+            json!({ "median": s.median, "min": s.min, "max": s.max, "samples": s.samples,
+                    "values": values, "unit": unit })
+        };
+        let paths: serde_json::Map<String, serde_json::Value> = self
+            .results
+            .iter()
+            .map(|r| {
+                let metrics: serde_json::Map<String, serde_json::Value> = r
+                    .samples
+                    .iter()
+                    .filter_map(|(metric, values)| {
+                        let s = Summary::of(values)?;
+                        Some((
+                            metric.key().to_string(),
+                            summary_json(s, values, metric.unit()),
+                        ))
+                    })
+                    .collect();
+                let errors: serde_json::Map<String, serde_json::Value> = r
+                    .errors
+                    .iter()
+                    .map(|(what, why)| (what.clone(), json!(why)))
+                    .collect();
+                (
+                    r.kind.key().to_string(),
+                    json!({
+                        "description": r.kind.description(),
+                        "br_netfilter": r.br_netfilter,
+                        "metrics": metrics,
+                        "errors": errors,
+                        "failed_connects": r.failed_connects,
+                        "udp_datagrams": { "sent": r.udp_sent, "received": r.udp_received },
+                        "netpath_stats": r.netpath_stats,
+                    }),
+                )
+            })
+            .collect();
+        let mut ratios = serde_json::Map::new();
+        for row in self.ratios() {
+            for r in row {
+                let key = format!("netpath_over_{}", r.other.key());
+                let entry = ratios.entry(key).or_insert_with(|| json!({}));
+                entry[r.metric.key()] = json!(r.value);
+            }
+        }
+        let verdicts: Vec<serde_json::Value> = self
+            .verdicts()
+            .into_iter()
+            .map(|(metric, target, ratio, met)| {
+                json!({ "metric": metric.key(), "against": if metric == Metric::C2cRr { "plain_bridge" } else { "routed" },
+                        "target": target, "ratio": ratio, "met": met })
+            })
+            .collect();
+        json!({
+            "benchmark": "side-by-side comparison",
+            "machine": {
+                "date": m.date,
+                "kernel": m.kernel,
+                "cpu_model": m.cpu_model,
+                "cpus": m.cpus,
+                "netpath_version": m.netpath_version,
+            },
+            "setup": {
+                "mode": if p.quick { "quick" } else { "default" },
+                "repeats": p.repeats,
+                "iperf3_seconds": p.iperf_seconds,
+                "sockperf_seconds": p.sockperf_seconds,
+                "connect_seconds": p.connect.as_secs_f64(),
+                "server_cpu": SERVER_CPU,
+                "client_cpu": CLIENT_CPU,
+                "message_bytes": 64,
+                "command": self.command,
+            },
+            "tools": {
+                "iptables": self.tools.iptables_version,
+                "iptables_backend": if self.tools.iptables_version.contains("nf_tables") { "nf_tables" } else { "legacy" },
+                "nftables": self.tools.nft_version,
+                "userspace_proxy": self.tools.proxy,
+            },
+            "paths": paths,
+            "ratios": ratios,
+            "verdicts": verdicts,
+        })
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            date: "2026-01-01T00:00:00Z".into(),
+            kernel: "6.18".into(),
+            cpu_model: "cpu".into(),
+            cpus: 2,
+            netpath_version: "abc".into(),
+        }
+    }
+
+    fn result(kind: PathKind, values: &[(Metric, f64)]) -> PathResult {
+        let mut r = PathResult::new(kind);
+        for &(m, v) in values {
+            r.push(m, v);
+            r.push(m, v * 0.9);
+            r.push(m, v * 1.1);
+        }
+        r
+    }
+
+    fn report() -> Report {
+        let rates = |scale: f64| {
+            vec![
+                (Metric::TcpStream, 10.0 * scale),
+                (Metric::TcpRr, 20000.0 * scale),
+                (Metric::TcpRrP50, 40.0 / scale),
+                (Metric::TcpRrP99, 90.0 / scale),
+                (Metric::ConnRate, 8000.0 * scale),
+                (Metric::UdpPps, 500000.0 * scale),
+                (Metric::C2cRr, 30000.0 * scale),
+                (Metric::C2cP50, 30.0 / scale),
+                (Metric::C2cP99, 60.0 / scale),
+            ]
+        };
+        let mut proxy = result(PathKind::Proxy, &rates(0.5)[..3]);
+        proxy
+            .errors
+            .push((Metric::UdpPps.key().into(), "timed out".into()));
+        Report {
+            machine: machine(),
+            plan: Plan::new(Options {
+                quick: true,
+                repeats: None,
+            }),
+            command: "cargo xtask bench --only compare --quick".into(),
+            tools: Tools {
+                iptables_version: "iptables v1.8.9 (nf_tables)".into(),
+                nft_version: "nftables v1.0.6".into(),
+                proxy: "socat".into(),
+            },
+            results: vec![
+                result(PathKind::Netpath, &rates(1.2)),
+                result(PathKind::Routed, &rates(1.0)),
+                result(PathKind::Iptables, &rates(0.8)),
+                result(PathKind::Nftables, &rates(0.9)),
+                proxy,
+            ],
+        }
+    }
+
+    #[test]
+    fn ratios_are_netpath_over_the_other_path() {
+        let r = report();
+        let stream = r
+            .ratio(Metric::TcpStream, PathKind::Routed)
+            .value
+            .expect("ratio");
+        assert!((stream - 1.2).abs() < 1e-9, "{stream}");
+        let nft = r
+            .ratio(Metric::UdpPps, PathKind::Nftables)
+            .value
+            .expect("ratio");
+        assert!((nft - 1.2 / 0.9).abs() < 1e-9);
+        assert_eq!(r.ratio(Metric::UdpPps, PathKind::Proxy).value, None);
+        let verdicts = r.verdicts();
+        assert_eq!(verdicts.len(), 5);
+        // 1.2x meets every target except c2c's 1.3x.
+        for (metric, _, ratio, met) in verdicts {
+            assert_eq!(met, metric != Metric::C2cRr, "{metric:?} {ratio:?}");
+        }
+    }
+
+    #[test]
+    fn markdown_shows_table_failures_and_ratios_last() {
+        let md = report().markdown();
+        assert!(
+            md.contains("| TCP stream (iperf3) | Gbit/s | 12.0 (10.8–13.2) | 10.0 (9.00–11.0) |"),
+            "{md}"
+        );
+        assert!(md.contains("| failed |"), "{md}");
+        assert!(
+            md.contains("userspace proxy FAILED, udp64_received_pps: timed out"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- MET: TCP stream netpath/routed 1.20x (target >= 1.00x)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- NOT MET: c2c TCP RR netpath/plain bridge 1.20x (target >= 1.30x)"),
+            "{md}"
+        );
+        let ratios_at = md.find("## Ratios").expect("ratios section");
+        assert!(ratios_at > md.find("Paths and facts").expect("facts"));
+        assert!(md.contains("the nf_tables backend"), "{md}");
+    }
+
+    #[test]
+    fn json_carries_paths_ratios_and_verdicts() {
+        let js = report().json();
+        assert_eq!(
+            js["paths"]["netpath"]["metrics"]["tcp_rr_per_s"]["median"],
+            json!(24000.0)
+        );
+        assert_eq!(js["tools"]["iptables_backend"], json!("nf_tables"));
+        let v = js["ratios"]["netpath_over_routed"]["tcp_conn_per_s"]
+            .as_f64()
+            .expect("ratio");
+        assert!((v - 1.2).abs() < 1e-9);
+        assert_eq!(
+            js["ratios"]["netpath_over_userspace_proxy"]["udp64_received_pps"],
+            json!(null)
+        );
+        assert_eq!(js["verdicts"].as_array().map(Vec::len), Some(5));
+        assert!(report().svg().contains("</svg>"));
+    }
+
+    #[test]
+    fn stats_summary_names_path_counters_and_non_zero_drops() {
+        let stats = "COUNTER PACKETS\nforwarded_local 16\ndnat_in 5\nsnat_out 8\n\n\
+                     DROP REASON                   PACKETS\n\
+                     malformed                           0\nspoofed_ip 3\n(total dropped)   3\n";
+        assert_eq!(
+            stats_summary(stats),
+            "dnat_in 5, forwarded_local 16, 3 packets dropped (spoofed_ip 3)"
+        );
+        assert_eq!(
+            stats_summary("nothing"),
+            "`netpath stats` printed no drop total"
+        );
+    }
+
+    #[test]
+    fn quick_plan_is_short() {
+        let q = Plan::new(Options {
+            quick: true,
+            repeats: None,
+        });
+        assert_eq!((q.repeats, q.iperf_seconds, q.sockperf_seconds), (3, 1, 1));
+        assert_eq!(q.stem(), "compare-quick");
+        assert_eq!(
+            q.command_line(
+                Options {
+                    quick: true,
+                    repeats: None
+                },
+                true
+            ),
+            "cargo xtask bench --only compare --quick"
+        );
+    }
+}
