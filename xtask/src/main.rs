@@ -78,9 +78,11 @@ enum Command {
     /// Writes target/bench/scale.md and scale.json (scale-quick.* for --quick), prints the table
     /// and one verdict per target. About 2 minutes after the build; --quick well under one.
     ///
-    /// Comparison part. Installs iptables, nftables and socat if missing, then measures five
-    /// paths, each in a fresh lab (npcmp-host, npcmp-lan as the LAN client 10.201.0.2,
-    /// containers npcmp-ctr1/npcmp-ctr2 on 172.17.0.0/16) removed before the next: netpath
+    /// Comparison part. Installs iptables, nftables and socat if missing, then builds five
+    /// labs side by side, each in namespaces of its own (npcmp-<path>-host, npcmp-<path>-lan
+    /// as the LAN client in 10.201.N.0/24, containers npcmp-<path>-ctr1/-ctr2 on
+    /// 172.17.0.0/16), and measures them interleaved (per round, per metric, every path once,
+    /// the order rotated each round), then removes them: netpath
     /// (instance `cmp`), plain routing with no NAT (the lower bound), iptables DNAT laid out
     /// like Docker 28 (br_netfilter on where the kernel has it), the same in native nftables,
     /// and a userspace proxy per port (socat). Each repeated (median, min, max), servers on
@@ -88,7 +90,7 @@ enum Command {
     /// (sockperf), new TCP connections/s, UDP 64-byte packets/s received; container to
     /// container request/response, netpath vs a plain bridge. Writes target/bench/compare.md,
     /// .json and .svg (compare-quick.* for --quick); prints the ratios netpath/routed,
-    /// netpath/iptables, netpath/nftables and the targets last. About 5 minutes; --quick 2.
+    /// netpath/iptables, netpath/nftables and the targets last. About 6 minutes; --quick 2.5.
     #[command(verbatim_doc_comment)]
     Bench {
         /// Smaller and shorter: N = 2000, 3 repeats, 1 s connect loops, K = 50; the comparison

@@ -1,8 +1,11 @@
 //! Owns the side-by-side comparison of `cargo xtask bench` (issue 6): netpath and the Linux
 //! paths it replaces — routing with no NAT (the lower bound), iptables DNAT laid out like
 //! Docker 28, the same in native nftables, a userspace proxy per port — measured in the same
-//! run on the same machine, each path in a fresh lab (`paths.rs`) torn down before the next.
-//! Per path, each repeated (median, min, max), from a LAN client on CPU 1 to servers in a
+//! run on the same machine, each path in a lab of its own (`paths.rs`). All labs stand side by
+//! side and are measured interleaved: per repeat, per metric, every path once, the path order
+//! rotated each round, so the machine's changing noise spreads over all paths instead of
+//! landing on whichever path runs then; then every lab is torn down (by guards, on every way
+//! out). Per path, each repeated (median, min, max), from a LAN client on CPU 1 to servers in a
 //! container on CPU 0: TCP stream throughput (iperf3), TCP request/response rate with p50/p99
 //! round-trip time (sockperf ping-pong), new TCP connections per second (`traffic.rs`), UDP
 //! 64-byte datagrams per second received by the server (iperf3); and container to container
@@ -25,7 +28,7 @@ use super::{
     chart::{self, Group, Series},
     lab::{INTERRUPTED, check_interrupt},
     load,
-    paths::{self, CONTAINER_IPS, CONTAINER_NS, LAN_IP, LAN_NS, Lab, PathKind, Tools},
+    paths::{self, CONTAINER_IPS, Lab, PathKind, Tools},
     report::{Machine, Summary},
     traffic::{self, AcceptServer},
 };
@@ -36,6 +39,15 @@ pub const SERVER_CPU: usize = 0;
 pub const CLIENT_CPU: usize = 1;
 /// sockperf message size, and the UDP datagram payload size.
 const MESSAGE_BYTES: &str = "64";
+/// How the paths took turns, for the report.
+const INTERLEAVED: &str = "The paths were measured interleaved, round-robin: all labs stood side \
+     by side; each round ran every metric on every path once, the path order rotated by one each \
+     round so no path always went first; each measurement waited until the previous lab's \
+     servers and proxies were idle (socat's forked copies need 2-3 s after a connect loop); a \
+     connect loop and a 1 s stream per path warmed up first, not counted";
+/// How long the next measurement waits at most for the last lab's servers and proxies to go
+/// idle (socat's forked copies finishing their connections).
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 /// How long a connect warm-up runs before the measured loops.
 const WARM_UP: Duration = Duration::from_millis(300);
 
@@ -78,7 +90,8 @@ impl Plan {
                 quick: false,
                 repeats,
                 iperf_seconds: 2,
-                sockperf_seconds: 3,
+                // 1.6 s measured; with the rounds' settling the default stays near 6 minutes.
+                sockperf_seconds: 2,
                 connect: Duration::from_secs(2),
             }
         }
@@ -286,9 +299,9 @@ pub fn compare(
     std::fs::create_dir_all(&files)
         .with_context(|| format!("cannot create {}", files.display()))?;
     println!(
-        "\nnetpath side-by-side comparison: {} paths, {} repeats each (iperf3 {} s, sockperf {} s, \
-         connect loops {} s); servers on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}; release \
-         binary {}",
+        "\nnetpath side-by-side comparison: {} paths side by side, {} interleaved rounds (iperf3 {} \
+         s, sockperf {} s, connect loops {} s); servers on CPU {SERVER_CPU}, clients on CPU \
+         {CLIENT_CPU}; release binary {}",
         PathKind::ALL.len(),
         plan.repeats,
         plan.iperf_seconds,
@@ -300,15 +313,51 @@ pub fn compare(
     println!("# nftables: {}", tools.nft_version);
     println!("# userspace proxy: {}", tools.proxy);
     super::lab::catch_signals();
-    let mut results = Vec::new();
+    paths::remove_leftovers(bin, &files)?;
+    let started = std::time::Instant::now();
+    // All labs side by side; each one's guard tears it down on every way out of here.
+    let mut slots = Vec::new();
     for kind in PathKind::ALL {
         check_interrupt()?;
-        println!("\n# Path {}: {}", kind.title(), kind.description());
-        let result = run_path(kind, bin, &files, &plan);
-        // Teardown happened inside run_path (the lab's guard); an interrupt stops the run.
-        check_interrupt()?;
-        results.push(result?);
+        println!("\n# Lab {}: {}", kind.title(), kind.description());
+        slots.push(Slot::create(kind, bin, &files)?);
     }
+    check_interrupt()?;
+    println!(
+        "\n# all labs built in {:.0} s; measuring them interleaved: each round runs every metric \
+         on every path in turn, the path order rotated by one each round",
+        started.elapsed().as_secs_f64()
+    );
+    let measured = measure_all(&mut slots, &plan);
+    let mut results = Vec::new();
+    for mut slot in slots {
+        if let Some(mut lab) = slot.lab.take() {
+            if lab.kind == PathKind::Netpath && measured.is_ok() {
+                match lab.netpath(&["stats"]) {
+                    Ok(stats) => slot.result.netpath_stats = Some(stats_summary(&stats)),
+                    Err(e) => slot
+                        .result
+                        .errors
+                        .push(("netpath stats".into(), format!("{e:#}"))),
+                }
+            }
+            if !lab.teardown() {
+                slot.result.errors.push((
+                    "clean-up".into(),
+                    "the lab was not removed completely (see above)".into(),
+                ));
+            }
+        }
+        results.push(slot.result);
+    }
+    println!(
+        "# clean-up: servers and proxies ended by their process group, every lab's namespaces \
+         deleted (the comparison took {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    // An interrupt (or another error that stops the run) after the labs are gone.
+    measured?;
+    check_interrupt()?;
 
     let report = Report {
         machine,
@@ -348,179 +397,332 @@ pub fn compare(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds `kind`'s lab, measures, and tears the lab down. A failing metric is recorded and the
-/// others still run; a lab that cannot be built or removed is recorded as failed; only an
-/// interrupt is an error.
-fn run_path(kind: PathKind, bin: &Path, files: &Path, plan: &Plan) -> anyhow::Result<PathResult> {
-    let mut result = PathResult::new(kind);
-    let started = std::time::Instant::now();
-    let mut lab = match Lab::create(kind, bin, files) {
-        Ok(lab) => lab,
-        Err(e) => {
-            check_interrupt()?;
-            eprintln!("{TAG}: error: the {} lab: {e:#}", kind.title());
-            result.errors.push(("lab".into(), format!("{e:#}")));
-            return Ok(result);
-        }
-    };
-    result.br_netfilter = lab.br_netfilter.describe();
-    println!(
-        "# bridge netfilter (br_netfilter) in the host namespace: {}",
-        result.br_netfilter
-    );
-    let measured = measure(&mut lab, plan, &mut result);
-    if kind == PathKind::Netpath {
-        match lab.netpath(&["stats"]) {
-            Ok(stats) => result.netpath_stats = Some(stats_summary(&stats)),
-            Err(e) => result
-                .errors
-                .push(("netpath stats".into(), format!("{e:#}"))),
-        }
-    }
-    let clean = lab.teardown();
-    println!(
-        "# clean-up: servers ended by their process group, namespaces deleted (this path took \
-         {:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
-    if !clean {
-        result.errors.push((
-            "clean-up".into(),
-            "the lab was not removed completely (see above)".into(),
-        ));
-    }
-    measured?;
-    Ok(result)
+/// One path: its lab while it stands, and what it measured.
+struct Slot {
+    result: PathResult,
+    lab: Option<Lab>,
+    /// The accept-and-close server of the connection-rate loop, in the lab's first container.
+    server: Option<AcceptServer>,
 }
 
-/// Runs every metric of one lab; errors of one metric go into `result`, an interrupt returns.
-fn measure(lab: &mut Lab, plan: &Plan, result: &mut PathResult) -> anyhow::Result<()> {
-    let lan = paths::ns_path(LAN_NS);
-    let stream = lab.lan_target(paths::IPERF_TCP);
-    let udp = lab.lan_target(paths::IPERF_UDP);
-    let rr = lab.lan_target(paths::SOCKPERF);
-    let conn = lab.lan_target(paths::CONNECT);
-    let server_ns = paths::ns_path(CONTAINER_NS[0]);
-    println!(
-        "# from {LAN_NS} ({LAN_IP}) on CPU {CLIENT_CPU}: iperf3 to {stream}, sockperf to {rr}, \
-         connect loop to {conn} (accept-and-close server in {}), iperf3 -u to {udp}",
-        CONTAINER_NS[0]
-    );
-    let server = AcceptServer::bind(
-        &server_ns,
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, paths::CONNECT.container_port),
-    )
-    .with_context(|| format!("cannot start the accept server in {}", server_ns.display()))?;
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let serving = s.spawn(|| server.serve(SERVER_CPU, &INTERRUPTED));
-        let measured = (|| -> anyhow::Result<()> {
-            // A warm-up that also proves the path works before anything is timed.
-            let warm = traffic::connect_loop(&lan, CLIENT_CPU, LAN_IP, conn, WARM_UP, &INTERRUPTED)
-                .context("the warm-up connect loop failed")?;
-            check_interrupt()?;
-            if warm.connected == 0 {
+impl Slot {
+    /// Builds `kind`'s lab; a lab that cannot be built is recorded as failed (and removed),
+    /// only an interrupt is an error.
+    fn create(kind: PathKind, bin: &Path, files: &Path) -> anyhow::Result<Self> {
+        let mut result = PathResult::new(kind);
+        let lab = match Lab::create(kind, bin, files) {
+            Ok(lab) => lab,
+            Err(e) => {
+                check_interrupt()?;
+                eprintln!("{TAG}: error: the {} lab: {e:#}", kind.title());
+                result.errors.push(("lab".into(), format!("{e:#}")));
+                return Ok(Self {
+                    result,
+                    lab: None,
+                    server: None,
+                });
+            }
+        };
+        result.br_netfilter = lab.br_netfilter.describe();
+        println!(
+            "# bridge netfilter (br_netfilter) in {}: {}",
+            lab.names.host, result.br_netfilter
+        );
+        let server_ns = paths::ns_path(&lab.names.ctr[0]);
+        let server = match AcceptServer::bind(
+            &server_ns,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, paths::CONNECT.container_port),
+        ) {
+            Ok(server) => Some(server),
+            Err(e) => {
                 result.errors.push((
                     Metric::ConnRate.key().into(),
                     format!(
-                        "no connection to {conn} got through in the warm-up ({})",
-                        warm.first_error.as_deref().unwrap_or("no error either")
+                        "cannot start the accept server in {}: {e}",
+                        server_ns.display()
                     ),
                 ));
+                None
             }
-            for repeat in 1..=plan.repeats {
-                let mut line = Vec::new();
-                attempt(result, Metric::TcpStream, &mut line, |r| {
-                    let bps = tcp_stream(&lan, stream, plan)?;
-                    r.push(Metric::TcpStream, bps / 1e9);
-                    Ok(format!("stream {:.2} Gbit/s", bps / 1e9))
-                })?;
-                attempt(result, Metric::TcpRr, &mut line, |r| {
-                    let pp = ping_pong(&lan, rr, plan)?;
-                    r.push(Metric::TcpRr, pp.per_second);
-                    r.push(Metric::TcpRrP50, pp.p50_us);
-                    r.push(Metric::TcpRrP99, pp.p99_us);
-                    Ok(format!(
-                        "RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
-                        pp.per_second, pp.p50_us, pp.p99_us
-                    ))
-                })?;
-                attempt(result, Metric::ConnRate, &mut line, |r| {
-                    let run = traffic::connect_loop(
-                        &lan,
-                        CLIENT_CPU,
-                        LAN_IP,
-                        conn,
-                        plan.connect,
-                        &INTERRUPTED,
-                    )
-                    .context("the connect loop failed")?;
-                    check_interrupt()?;
-                    r.failed_connects += run.failed;
-                    if r.first_connect_error.is_none() {
-                        r.first_connect_error = run.first_error.clone();
-                    }
-                    if run.connected == 0 {
-                        bail!(
-                            "no connection to {conn} got through ({})",
-                            run.first_error.as_deref().unwrap_or("no error either")
-                        );
-                    }
-                    r.push(Metric::ConnRate, run.per_second());
-                    let failed = if run.failed > 0 {
-                        format!(" ({} failed)", run.failed)
-                    } else {
-                        String::new()
-                    };
-                    Ok(format!("{:.0} conn/s{failed}", run.per_second()))
-                })?;
-                attempt(result, Metric::UdpPps, &mut line, |r| {
-                    let got = udp_flood(&lan, udp, plan)?;
-                    r.udp_sent += got.sent;
-                    r.udp_received += got.received;
-                    r.push(Metric::UdpPps, got.received_per_second());
-                    Ok(format!(
-                        "UDP {:.0} pkt/s received ({} of {} sent)",
-                        got.received_per_second(),
-                        got.received,
-                        got.sent
-                    ))
-                })?;
-                println!("  run {repeat}: {}", line.join(", "));
-                lab.check_daemons()?;
+        };
+        Ok(Self {
+            result,
+            lab: Some(lab),
+            server,
+        })
+    }
+}
+
+/// The order of the paths in round `round` (from 0): every path once, starting one later
+/// each round, so no path always goes first.
+fn round_order(paths: usize, round: usize) -> Vec<usize> {
+    (0..paths).map(|k| (k + round) % paths).collect()
+}
+
+/// What a lab's LAN client dials, and from where.
+struct Targets {
+    lan: std::path::PathBuf,
+    lan_ip: Ipv4Addr,
+    stream: SocketAddrV4,
+    udp: SocketAddrV4,
+    rr: SocketAddrV4,
+    conn: SocketAddrV4,
+}
+
+impl Targets {
+    fn of(lab: &Lab) -> Self {
+        Self {
+            lan: paths::ns_path(&lab.names.lan),
+            lan_ip: lab.names.lan_ip,
+            stream: lab.lan_target(paths::IPERF_TCP),
+            udp: lab.lan_target(paths::IPERF_UDP),
+            rr: lab.lan_target(paths::SOCKPERF),
+            conn: lab.lan_target(paths::CONNECT),
+        }
+    }
+}
+
+/// Measures every standing lab in rounds: per repeat, per metric, every path once, in
+/// [`round_order`]. Errors of one metric (or one lab's servers) go into that path's result;
+/// an interrupt returns.
+fn measure_all(slots: &mut [Slot], plan: &Plan) -> anyhow::Result<()> {
+    let targets: Vec<Option<Targets>> = slots
+        .iter()
+        .map(|s| s.lab.as_ref().map(Targets::of))
+        .collect();
+    for (slot, t) in slots.iter().zip(&targets) {
+        if let (Some(lab), Some(t)) = (&slot.lab, t) {
+            println!(
+                "# {}: from {} ({}) on CPU {CLIENT_CPU}: iperf3 to {}, sockperf to {}, connect \
+                 loop to {} (accept-and-close server in {}), iperf3 -u to {}",
+                lab.kind.title(),
+                lab.names.lan,
+                t.lan_ip,
+                t.stream,
+                t.rr,
+                t.conn,
+                lab.names.ctr[0],
+                t.udp
+            );
+        }
+    }
+    let mut servers: Vec<&AcceptServer> = Vec::new();
+    let mut parts: Vec<Part<'_>> = Vec::new();
+    for (slot, t) in slots.iter_mut().zip(&targets) {
+        let Slot {
+            result,
+            lab,
+            server,
+        } = slot;
+        servers.extend(server.as_ref());
+        parts.push((result, lab.as_mut(), t.as_ref()));
+    }
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let serving: Vec<_> = servers
+            .iter()
+            .map(|&server| scope.spawn(move || server.serve(SERVER_CPU, &INTERRUPTED)))
+            .collect();
+        let measured = rounds(&mut parts, plan);
+        for server in &servers {
+            server.stop.store(true, Ordering::Relaxed);
+        }
+        let mut served = Ok(());
+        for handle in serving {
+            let done = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            if served.is_ok() {
+                served = done;
             }
-            if measures_c2c(lab.kind) {
-                let ctr2 = paths::ns_path(CONTAINER_NS[1]);
-                let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
-                println!(
-                    "# container to container ({}): sockperf from {} to {target}",
-                    c2c_title(lab.kind),
-                    CONTAINER_NS[1]
-                );
-                for repeat in 1..=plan.repeats {
-                    let mut line = Vec::new();
-                    attempt(result, Metric::C2cRr, &mut line, |r| {
-                        let pp = ping_pong(&ctr2, target, plan)?;
-                        r.push(Metric::C2cRr, pp.per_second);
-                        r.push(Metric::C2cP50, pp.p50_us);
-                        r.push(Metric::C2cP99, pp.p99_us);
-                        Ok(format!(
-                            "c2c RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
-                            pp.per_second, pp.p50_us, pp.p99_us
-                        ))
-                    })?;
-                    println!("  run {repeat}: {}", line.join(", "));
-                }
-            }
-            Ok(())
-        })();
-        server.stop.store(true, Ordering::Relaxed);
-        let served = serving
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
         measured?;
-        served.context("the accept-and-close server failed")?;
+        served.context("an accept-and-close server failed")?;
         Ok(())
     })
+}
+
+type Part<'a> = (&'a mut PathResult, Option<&'a mut Lab>, Option<&'a Targets>);
+
+/// The warm-up, then the rounds of [`measure_all`].
+fn rounds(parts: &mut [Part<'_>], plan: &Plan) -> anyhow::Result<()> {
+    // A warm-up that also proves each path works before anything is timed: a connect loop
+    // and an untimed stream (the first stream of a run is slow, whichever path it is on).
+    println!("# warm-up: a {WARM_UP:?} connect loop and a 1 s iperf3 stream per path, not counted");
+    for (result, lab, t) in parts.iter_mut() {
+        let (Some(lab), Some(t)) = (lab, t) else {
+            continue;
+        };
+        if let Err(e) = tcp_stream(
+            &t.lan,
+            t.stream,
+            &Plan {
+                iperf_seconds: 1,
+                ..*plan
+            },
+        ) {
+            check_interrupt()?;
+            eprintln!(
+                "{TAG}: the {} warm-up stream failed: {e:#}",
+                lab.kind.title()
+            );
+        }
+        let warm =
+            traffic::connect_loop(&t.lan, CLIENT_CPU, t.lan_ip, t.conn, WARM_UP, &INTERRUPTED)
+                .context("the warm-up connect loop failed")?;
+        check_interrupt()?;
+        if warm.connected == 0 && !result.failed(Metric::ConnRate) {
+            result.errors.push((
+                Metric::ConnRate.key().into(),
+                format!(
+                    "no connection to {} got through in the warm-up ({})",
+                    t.conn,
+                    warm.first_error.as_deref().unwrap_or("no error either")
+                ),
+            ));
+        }
+        // The proxy's forked copies finish before the next path warms up (and round 1 starts).
+        lab.settle(SETTLE_LIMIT);
+    }
+    let count = parts.len();
+    for round in 0..plan.repeats {
+        let order = round_order(count, round);
+        println!(
+            "  round {}, order: {}",
+            round + 1,
+            order
+                .iter()
+                .map(|&i| parts[i].0.kind.title())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut lines: Vec<Vec<String>> = vec![Vec::new(); count];
+        for metric in [
+            Metric::TcpStream,
+            Metric::TcpRr,
+            Metric::ConnRate,
+            Metric::UdpPps,
+            Metric::C2cRr,
+        ] {
+            for &i in &order {
+                let (result, lab, t) = &mut parts[i];
+                let (Some(lab), Some(t)) = (lab, t) else {
+                    continue;
+                };
+                if metric == Metric::C2cRr && !measures_c2c(lab.kind) {
+                    continue;
+                }
+                measure_one(result, lab, t, metric, plan, &mut lines[i])?;
+                // The next path starts once this lab's servers and proxies are idle again.
+                let waited = lab.settle(SETTLE_LIMIT);
+                if waited >= Duration::from_millis(200) {
+                    lines[i].push(format!("(settled {:.1} s)", waited.as_secs_f64()));
+                }
+            }
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let (result, lab, _) = &mut parts[i];
+            let Some(lab) = lab else {
+                continue;
+            };
+            println!("    {}: {}", result.kind.title(), line.join(", "));
+            if let Err(e) = lab.check_daemons() {
+                check_interrupt()?;
+                eprintln!("{TAG}: the {} lab: {e:#}", result.kind.title());
+                result.errors.push(("servers".into(), format!("{e:#}")));
+                // Its servers are gone: stop measuring this path (the guard removes the lab).
+                parts[i].1 = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One run of `metric` on one path (c2c: from the lab's second container to its first).
+fn measure_one(
+    result: &mut PathResult,
+    lab: &Lab,
+    t: &Targets,
+    metric: Metric,
+    plan: &Plan,
+    line: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    match metric {
+        Metric::TcpStream => attempt(result, Metric::TcpStream, line, |r| {
+            let bps = tcp_stream(&t.lan, t.stream, plan)?;
+            r.push(Metric::TcpStream, bps / 1e9);
+            Ok(format!("stream {:.2} Gbit/s", bps / 1e9))
+        }),
+        Metric::TcpRr => attempt(result, Metric::TcpRr, line, |r| {
+            let pp = ping_pong(&t.lan, t.rr, plan)?;
+            r.push(Metric::TcpRr, pp.per_second);
+            r.push(Metric::TcpRrP50, pp.p50_us);
+            r.push(Metric::TcpRrP99, pp.p99_us);
+            Ok(format!(
+                "RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
+                pp.per_second, pp.p50_us, pp.p99_us
+            ))
+        }),
+        Metric::ConnRate => attempt(result, Metric::ConnRate, line, |r| {
+            let run = traffic::connect_loop(
+                &t.lan,
+                CLIENT_CPU,
+                t.lan_ip,
+                t.conn,
+                plan.connect,
+                &INTERRUPTED,
+            )
+            .context("the connect loop failed")?;
+            check_interrupt()?;
+            r.failed_connects += run.failed;
+            if r.first_connect_error.is_none() {
+                r.first_connect_error = run.first_error.clone();
+            }
+            if run.connected == 0 {
+                bail!(
+                    "no connection to {} got through ({})",
+                    t.conn,
+                    run.first_error.as_deref().unwrap_or("no error either")
+                );
+            }
+            r.push(Metric::ConnRate, run.per_second());
+            let failed = if run.failed > 0 {
+                format!(" ({} failed)", run.failed)
+            } else {
+                String::new()
+            };
+            Ok(format!("{:.0} conn/s{failed}", run.per_second()))
+        }),
+        Metric::UdpPps => attempt(result, Metric::UdpPps, line, |r| {
+            let got = udp_flood(&t.lan, t.udp, plan)?;
+            r.udp_sent += got.sent;
+            r.udp_received += got.received;
+            r.push(Metric::UdpPps, got.received_per_second());
+            Ok(format!(
+                "UDP {:.0} pkt/s received ({} of {} sent)",
+                got.received_per_second(),
+                got.received,
+                got.sent
+            ))
+        }),
+        Metric::C2cRr => {
+            let ctr2 = paths::ns_path(&lab.names.ctr[1]);
+            let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
+            attempt(result, Metric::C2cRr, line, |r| {
+                let pp = ping_pong(&ctr2, target, plan)?;
+                r.push(Metric::C2cRr, pp.per_second);
+                r.push(Metric::C2cP50, pp.p50_us);
+                r.push(Metric::C2cP99, pp.p99_us);
+                Ok(format!(
+                    "c2c ({}) RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
+                    c2c_title(lab.kind),
+                    pp.per_second,
+                    pp.p50_us,
+                    pp.p99_us
+                ))
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs one measurement of `metric` unless it already failed in this lab; a failure is
@@ -896,6 +1098,17 @@ impl Report {
         }
         let _ = writeln!(
             out,
+            "- {INTERLEAVED}; each lab in namespaces of its own (npcmp-<path>-host, -lan, \
+             -ctr1, -ctr2; LAN 10.201.N.0/24)"
+        );
+        let _ = writeln!(
+            out,
+            "- netpath's cgroup programs are attached to the root cgroup, so they were loaded \
+             (and ran at every connect() on the machine, returning early outside netpath's \
+             namespace) while the other paths were measured"
+        );
+        let _ = writeln!(
+            out,
             "- iptables: `{}`{}",
             self.tools.iptables_version,
             if self.tools.iptables_version.contains("nf_tables") {
@@ -1128,6 +1341,7 @@ impl Report {
                 "client_cpu": CLIENT_CPU,
                 "message_bytes": 64,
                 "command": self.command,
+                "order": "interleaved: all labs side by side; per round, per metric, every path once, the path order rotated each round",
             },
             "tools": {
                 "iptables": self.tools.iptables_version,
@@ -1255,6 +1469,8 @@ mod tests {
         let ratios_at = md.find("## Ratios").expect("ratios section");
         assert!(ratios_at > md.find("Paths and facts").expect("facts"));
         assert!(md.contains("the nf_tables backend"), "{md}");
+        assert!(md.contains("measured interleaved, round-robin"), "{md}");
+        assert!(md.contains("root cgroup"), "{md}");
     }
 
     #[test]
@@ -1290,6 +1506,15 @@ mod tests {
             stats_summary("nothing"),
             "`netpath stats` printed no drop total"
         );
+    }
+
+    #[test]
+    fn rounds_rotate_the_path_order() {
+        assert_eq!(round_order(5, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(round_order(5, 1), vec![1, 2, 3, 4, 0]);
+        assert_eq!(round_order(5, 7), vec![2, 3, 4, 0, 1]);
+        let firsts: Vec<usize> = (0..5).map(|r| round_order(5, r)[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
     }
 
     #[test]

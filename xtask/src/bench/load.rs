@@ -115,6 +115,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// How many processes of the daemon's group are at work (running or in uninterruptible
+    /// sleep): e.g. per-connection copies a proxy forked that have not finished yet.
+    pub fn busy_processes(&self) -> usize {
+        let Some(pgid) = self
+            .child
+            .as_ref()
+            .and_then(|c| libc::pid_t::try_from(c.id()).ok())
+        else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                    stat_state_and_group(&stat)
+                        .is_some_and(|(state, group)| group == pgid && matches!(state, 'R' | 'D'))
+                })
+            })
+            .count()
+    }
+
     /// Ends the process group and reaps the leader; returns whether it is gone.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {

@@ -2,10 +2,12 @@
 //! same topology — a LAN client namespace joined by a veth to a host namespace, and two
 //! container namespaces on a bridge of the host — with that path's forwarding set up: netpath
 //! (its CLI, instance `cmp`), Docker 28's iptables rules, the same in native nftables, a
-//! userspace proxy per port (socat, like docker-proxy), or plain routing. The servers the
-//! measurements talk to (iperf3, sockperf) run in the first container. [`Lab::teardown`] removes
-//! all of it; `Drop` does too, so every exit path (error, panic, Ctrl-C) cleans up. Every
-//! namespace is named `npcmp-…`.
+//! userspace proxy per port (socat, like docker-proxy), or plain routing. The labs stand side
+//! by side, each in namespaces of its own ([`Names`]: `npcmp-<path>-host`, `-lan`, `-ctr1`,
+//! `-ctr2`, LAN 10.201.N.0/24), so the comparison can measure them in turns. The servers the
+//! measurements talk to (iperf3, sockperf) run in each lab's first container.
+//! [`Lab::teardown`] removes one lab; `Drop` does too, so every exit path (error, panic,
+//! Ctrl-C) cleans up; [`remove_leftovers`] removes what an earlier run left, old names too.
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
@@ -19,16 +21,11 @@ use anyhow::{Context as _, bail};
 use super::{lab::check_interrupt, load::Daemon};
 use crate::{TAG, cmd};
 
-/// The namespace standing for the host.
-pub const HOST_NS: &str = "npcmp-host";
-/// The namespace standing for a machine on the host's LAN: the client of every measurement.
-pub const LAN_NS: &str = "npcmp-lan";
-/// The two containers: the first runs the servers, the second is the container-to-container
-/// client.
-pub const CONTAINER_NS: [&str; 2] = ["npcmp-ctr1", "npcmp-ctr2"];
+/// The namespaces of the one-lab-at-a-time layout of earlier versions, removed if left over.
+const LEGACY_NAMESPACES: [&str; 4] = ["npcmp-host", "npcmp-lan", "npcmp-ctr1", "npcmp-ctr2"];
 /// netpath's instance: its own pins (/sys/fs/bpf/netpath-cmp), state and names.
 pub const INSTANCE: &str = "cmp";
-/// netpath's names for the two containers (they adopt [`CONTAINER_NS`]).
+/// netpath's names for the two containers (they adopt the netpath lab's container namespaces).
 const ENDPOINTS: [&str; 2] = ["c1", "c2"];
 const UPLINK: &str = "up0";
 const LAN_DEV: &str = "lan0";
@@ -36,11 +33,8 @@ const LAN_DEV: &str = "lan0";
 /// containers' veths.
 const BRIDGE: &str = "npcmpbr0";
 const CONTAINER_VETHS: [&str; 2] = ["npcmpv1", "npcmpv2"];
-/// A /24 of its own: the demo uses 10.77.0.0/24, the scale benchmark 10.78 and 10.79, the
-/// integration tests 10.1-199.x.0/24 (each lab is in its own namespaces anyway).
-pub const HOST_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
-pub const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
-/// Docker's default bridge network, for every path (netpath's `bridge` network is the same).
+/// Docker's default bridge network, for every path (netpath's `bridge` network is the same;
+/// each lab's is inside its own host namespace).
 const SUBNET: &str = "172.17.0.0/16";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 pub const CONTAINER_IPS: [Ipv4Addr; 2] =
@@ -166,6 +160,17 @@ impl PathKind {
         }
     }
 
+    /// The path in its lab's namespace names.
+    pub fn short(self) -> &'static str {
+        match self {
+            PathKind::Netpath => "netpath",
+            PathKind::Routed => "routed",
+            PathKind::Iptables => "ipt",
+            PathKind::Nftables => "nft",
+            PathKind::Proxy => "proxy",
+        }
+    }
+
     /// Whether the LAN client dials the host's published ports (all but the routed path).
     pub fn publishes(self) -> bool {
         self != PathKind::Routed
@@ -183,9 +188,59 @@ pub struct Tools {
     pub proxy: String,
 }
 
+/// One lab's namespaces and LAN addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The namespace standing for the host.
+    pub host: String,
+    /// The namespace standing for a machine on the host's LAN: the client of every measurement.
+    pub lan: String,
+    /// The two containers: the first runs the servers, the second is the container-to-container
+    /// client.
+    pub ctr: [String; 2],
+    /// The host's uplink and the LAN client, in a /24 of the lab's own, 10.201.N.0/24 (the demo
+    /// uses 10.77.0.0/24, the scale benchmark 10.78 and 10.79, the integration tests
+    /// 10.1-199.x.0/24).
+    pub host_uplink_ip: Ipv4Addr,
+    pub lan_ip: Ipv4Addr,
+}
+
+impl Names {
+    /// `kind`'s lab: `npcmp-<path>-host` and so on, LAN 10.201.N.0/24 with N its place in
+    /// [`PathKind::ALL`], counted from 1.
+    pub fn of(kind: PathKind) -> Self {
+        let n = PathKind::ALL.iter().position(|&k| k == kind).unwrap_or(0) as u8 + 1;
+        let ns = |role: &str| format!("npcmp-{}-{role}", kind.short());
+        Self {
+            host: ns("host"),
+            lan: ns("lan"),
+            ctr: [ns("ctr1"), ns("ctr2")],
+            host_uplink_ip: Ipv4Addr::new(10, 201, n, 1),
+            lan_ip: Ipv4Addr::new(10, 201, n, 2),
+        }
+    }
+
+    /// The four namespaces of the old layout (one lab at a time), as a lab's to remove.
+    fn legacy() -> Self {
+        let [host, lan, ctr1, ctr2] = LEGACY_NAMESPACES.map(String::from);
+        Self {
+            host,
+            lan,
+            ctr: [ctr1, ctr2],
+            host_uplink_ip: Ipv4Addr::new(10, 201, 0, 1),
+            lan_ip: Ipv4Addr::new(10, 201, 0, 2),
+        }
+    }
+
+    pub fn namespaces(&self) -> [&str; 4] {
+        [&self.host, &self.lan, &self.ctr[0], &self.ctr[1]]
+    }
+}
+
 /// One path's lab: namespaces, links, rules or netpath instance, servers and proxies.
 pub struct Lab {
     pub kind: PathKind,
+    pub names: Names,
     bin: PathBuf,
     files: PathBuf,
     daemons: Vec<Daemon>,
@@ -218,27 +273,42 @@ impl BrNetfilter {
 }
 
 impl Lab {
-    /// Builds `kind`'s lab from scratch (removing what an earlier run left first) and starts
-    /// its servers; `files` is where rule files and server logs go. On failure everything made
-    /// so far is removed.
+    /// Builds `kind`'s lab and starts its servers; `files` is where rule files and server logs
+    /// go. Call [`remove_leftovers`] first. On failure everything made so far is removed.
     pub fn create(kind: PathKind, bin: &Path, files: &Path) -> anyhow::Result<Self> {
-        let mut lab = Self {
+        let mut lab = Self::shell(kind, Names::of(kind), bin, files);
+        if lab.leftovers_exist() {
+            bail!(
+                "the {} lab's namespaces or netpath files exist already: another comparison may be \
+                 running; if not, run `ip netns list` and delete the npcmp-* namespaces",
+                kind.title()
+            );
+        }
+        lab.build()?;
+        Ok(lab)
+    }
+
+    /// A lab value with nothing built yet (to build, or to tear down what is left).
+    fn shell(kind: PathKind, names: Names, bin: &Path, files: &Path) -> Self {
+        Self {
             kind,
+            names,
             bin: bin.to_path_buf(),
             files: files.to_path_buf(),
             daemons: Vec::new(),
             br_netfilter: BrNetfilter::Unavailable,
             torn_down: false,
-        };
-        if leftovers_exist() {
-            println!("{TAG}: removing what an earlier comparison run left behind");
-            if !lab.teardown() {
-                bail!("could not remove what an earlier comparison run left behind (see above)");
-            }
-            lab.torn_down = false;
         }
-        lab.build()?;
-        Ok(lab)
+    }
+
+    /// Whether any of this lab's namespaces (or, for netpath, its instance's files) exist.
+    fn leftovers_exist(&self) -> bool {
+        (self.kind == PathKind::Netpath && netpath_paths().iter().any(|p| p.exists()))
+            || self
+                .names
+                .namespaces()
+                .iter()
+                .any(|ns| ns_path(ns).exists())
     }
 
     fn build(&mut self) -> anyhow::Result<()> {
@@ -249,12 +319,12 @@ impl Lab {
                 run(&[
                     "ip",
                     "-n",
-                    LAN_NS,
+                    &self.names.lan,
                     "route",
                     "add",
                     SUBNET,
                     "via",
-                    &HOST_UPLINK_IP.to_string(),
+                    &self.names.host_uplink_ip.to_string(),
                 ])?;
             }
             PathKind::Iptables => self.iptables_setup()?,
@@ -267,43 +337,45 @@ impl Lab {
     /// Namespaces, the uplink veth, forwarding, and (for the Linux paths) the bridge and the
     /// containers' veths.
     fn common(&mut self) -> anyhow::Result<()> {
-        let host = format!("--net={}", ns_path(HOST_NS).display());
-        let up = format!("{HOST_UPLINK_IP}/24");
-        let lan = format!("{LAN_IP}/24");
-        let lan_ip = LAN_IP.to_string();
+        let names = self.names.clone();
+        let (host_ns, lan_ns) = (names.host.as_str(), names.lan.as_str());
+        let host = format!("--net={}", ns_path(host_ns).display());
+        let up = format!("{}/24", names.host_uplink_ip);
+        let lan = format!("{}/24", names.lan_ip);
+        let lan_ip = names.lan_ip.to_string();
         // The first lab shows every command; later ones say they repeat it.
         let show = !TOPOLOGY_SHOWN.swap(true, Ordering::Relaxed);
         if !show {
             println!(
-                "# namespaces {HOST_NS}, {LAN_NS}, {}, {}, uplink veth {UPLINK}-{LAN_DEV}, forwarding: \
-                 the commands shown for the first lab",
-                CONTAINER_NS[0], CONTAINER_NS[1]
+                "# namespaces {host_ns}, {lan_ns}, {}, {}, uplink veth {UPLINK}-{LAN_DEV} \
+                 ({lan}), forwarding: as the commands shown for the first lab",
+                names.ctr[0], names.ctr[1]
             );
         }
         let run = |argv: &[&str]| step(argv, show);
-        for ns in [HOST_NS, LAN_NS].iter().chain(&CONTAINER_NS) {
+        for ns in names.namespaces() {
             run(&["ip", "netns", "add", ns])?;
             run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
         run(&[
-            "ip", "-n", HOST_NS, "link", "add", UPLINK, "type", "veth", "peer", "name", LAN_DEV,
-            "netns", LAN_NS,
+            "ip", "-n", host_ns, "link", "add", UPLINK, "type", "veth", "peer", "name", LAN_DEV,
+            "netns", lan_ns,
         ])?;
-        run(&["ip", "-n", HOST_NS, "addr", "add", &up, "dev", UPLINK])?;
-        run(&["ip", "-n", HOST_NS, "link", "set", UPLINK, "up"])?;
+        run(&["ip", "-n", host_ns, "addr", "add", &up, "dev", UPLINK])?;
+        run(&["ip", "-n", host_ns, "link", "set", UPLINK, "up"])?;
         run(&[
-            "ip", "-n", HOST_NS, "route", "add", "default", "via", &lan_ip,
+            "ip", "-n", host_ns, "route", "add", "default", "via", &lan_ip,
         ])?;
-        run(&["ip", "-n", LAN_NS, "addr", "add", &lan, "dev", LAN_DEV])?;
-        run(&["ip", "-n", LAN_NS, "link", "set", LAN_DEV, "up"])?;
+        run(&["ip", "-n", lan_ns, "addr", "add", &lan, "dev", LAN_DEV])?;
+        run(&["ip", "-n", lan_ns, "link", "set", LAN_DEV, "up"])?;
         run(&["nsenter", &host, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         // br_netfilter's switch is per namespace and on by default in a new one; only the
         // iptables path (Docker's) keeps it on.
-        if bridge_nf_available()? {
+        if bridge_nf_available(host_ns)? {
             let on = self.kind == PathKind::Iptables;
             // Always shown: it differs between the labs.
             sysctl(
-                HOST_NS,
+                host_ns,
                 &format!("net.bridge.bridge-nf-call-iptables={}", u8::from(on)),
             )?;
             self.br_netfilter = if on {
@@ -325,17 +397,17 @@ impl Lab {
             );
         }
         let run = |argv: &[&str]| step(argv, show);
-        run(&["ip", "-n", HOST_NS, "link", "add", BRIDGE, "type", "bridge"])?;
-        run(&["ip", "-n", HOST_NS, "addr", "add", &gateway, "dev", BRIDGE])?;
-        run(&["ip", "-n", HOST_NS, "link", "set", BRIDGE, "up"])?;
-        for ((ns, veth), ip) in CONTAINER_NS.iter().zip(CONTAINER_VETHS).zip(CONTAINER_IPS) {
+        run(&["ip", "-n", host_ns, "link", "add", BRIDGE, "type", "bridge"])?;
+        run(&["ip", "-n", host_ns, "addr", "add", &gateway, "dev", BRIDGE])?;
+        run(&["ip", "-n", host_ns, "link", "set", BRIDGE, "up"])?;
+        for ((ns, veth), ip) in names.ctr.iter().zip(CONTAINER_VETHS).zip(CONTAINER_IPS) {
             let addr = format!("{ip}/16");
             run(&[
-                "ip", "-n", HOST_NS, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                "ip", "-n", host_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
             ])?;
-            run(&["ip", "-n", HOST_NS, "link", "set", veth, "master", BRIDGE])?;
-            run(&["ip", "-n", HOST_NS, "link", "set", veth, "up"])?;
+            run(&["ip", "-n", host_ns, "link", "set", veth, "master", BRIDGE])?;
+            run(&["ip", "-n", host_ns, "link", "set", veth, "up"])?;
             run(&["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
             run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
             run(&[
@@ -353,7 +425,7 @@ impl Lab {
     }
 
     fn netpath_setup(&mut self) -> anyhow::Result<()> {
-        for ((name, ns), ip) in ENDPOINTS.iter().zip(CONTAINER_NS).zip(CONTAINER_IPS) {
+        for ((name, ns), ip) in ENDPOINTS.iter().zip(&self.names.ctr).zip(CONTAINER_IPS) {
             let ns = ns_path(ns).display().to_string();
             self.netpath(&[
                 "endpoint",
@@ -388,7 +460,7 @@ impl Lab {
         self.docker_bridge_settings()?;
         run(&[
             "nsenter",
-            &format!("--net={}", ns_path(HOST_NS).display()),
+            &format!("--net={}", ns_path(&self.names.host).display()),
             "iptables-restore",
             &rules.display().to_string(),
         ])
@@ -403,7 +475,7 @@ impl Lab {
         self.docker_bridge_settings()?;
         run(&[
             "nsenter",
-            &format!("--net={}", ns_path(HOST_NS).display()),
+            &format!("--net={}", ns_path(&self.names.host).display()),
             "nft",
             "-f",
             &rules.display().to_string(),
@@ -419,7 +491,7 @@ impl Lab {
             run(&[
                 "ip",
                 "-n",
-                HOST_NS,
+                &self.names.host,
                 "link",
                 "set",
                 veth,
@@ -429,7 +501,10 @@ impl Lab {
                 "on",
             ])?;
         }
-        sysctl(HOST_NS, &format!("net.ipv4.conf.{BRIDGE}.route_localnet=1"))
+        sysctl(
+            &self.names.host,
+            &format!("net.ipv4.conf.{BRIDGE}.route_localnet=1"),
+        )
     }
 
     fn proxy_setup(&mut self) -> anyhow::Result<()> {
@@ -459,7 +534,7 @@ impl Lab {
             let log = self.files.join(format!("{name}.log"));
             self.daemons.push(Daemon::start(
                 &name,
-                &ns_path(HOST_NS),
+                &ns_path(&self.names.host),
                 None,
                 "socat",
                 &args,
@@ -471,7 +546,7 @@ impl Lab {
 
     /// iperf3 and sockperf servers in the first container, pinned to `super::SERVER_CPU`.
     fn start_servers(&mut self) -> anyhow::Result<()> {
-        let ctr = ns_path(CONTAINER_NS[0]);
+        let ctr = ns_path(&self.names.ctr[0]);
         let cpu = super::compare::SERVER_CPU;
         let iperf_port = IPERF_TCP.container_port.to_string();
         let sockperf_port = SOCKPERF.container_port.to_string();
@@ -504,11 +579,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Waits (at most `limit`) until none of the lab's servers and proxies has a process at
+    /// work, so that work left from one measurement (a proxy's forked copies finishing) does
+    /// not run during the next path's; returns how long it waited.
+    pub fn settle(&self, limit: std::time::Duration) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let mut quiet = 0;
+        while quiet < 3 && started.elapsed() < limit {
+            if self.daemons.iter().all(|d| d.busy_processes() == 0) {
+                quiet += 1;
+            } else {
+                quiet = 0;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
+
     /// Where the LAN client dials `service`: the host's published port, or on the routed path
     /// the container itself.
     pub fn lan_target(&self, service: Service) -> SocketAddrV4 {
         if self.kind.publishes() {
-            SocketAddrV4::new(HOST_UPLINK_IP, service.host_port)
+            SocketAddrV4::new(self.names.host_uplink_ip, service.host_port)
         } else {
             SocketAddrV4::new(CONTAINER_IPS[0], service.container_port)
         }
@@ -519,7 +611,7 @@ impl Lab {
         check_interrupt()?;
         let mut command = Command::new("nsenter");
         command
-            .arg(format!("--net={}", ns_path(HOST_NS).display()))
+            .arg(format!("--net={}", ns_path(&self.names.host).display()))
             .arg(&self.bin)
             .args(["--instance", INSTANCE])
             .args(args);
@@ -528,39 +620,46 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Removes everything the lab may have made; returns whether everything is gone. Safe to
-    /// call when nothing or only part exists.
+    /// Removes everything the lab may have made (its servers and proxies by their process
+    /// group, netpath's instance for the netpath lab, its namespaces); returns whether
+    /// everything is gone. Safe to call when nothing or only part exists.
     pub fn teardown(&mut self) -> bool {
         self.torn_down = true;
         let mut clean = true;
         for mut daemon in self.daemons.drain(..) {
             clean &= daemon.stop();
         }
-        if ns_path(HOST_NS).exists()
+        let netpath = self.kind == PathKind::Netpath;
+        if netpath
+            && ns_path(&self.names.host).exists()
             && self.bin.exists()
             && netpath_paths().iter().any(|p| p.exists())
         {
             // netpath runs only inside the lab's host namespace, never in the machine's own.
             let mut purge = Command::new("nsenter");
             purge
-                .arg(format!("--net={}", ns_path(HOST_NS).display()))
+                .arg(format!("--net={}", ns_path(&self.names.host).display()))
                 .arg(&self.bin)
                 .args(["--instance", INSTANCE, "purge", "--force"]);
             report_cleanup(&mut purge);
         }
-        for path in netpath_paths().into_iter().filter(|p| p.exists()) {
+        for path in netpath_paths()
+            .into_iter()
+            .filter(|p| netpath && p.exists())
+        {
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 eprintln!("{TAG}: clean-up: could not remove {}: {e}", path.display());
             }
         }
-        for ns in lab_namespaces() {
+        for ns in self.names.namespaces() {
             if ns_path(ns).exists() {
                 report_cleanup(&mut cmd::command("ip", &["netns", "del", ns]));
             }
         }
         let left: Vec<String> = netpath_paths()
             .into_iter()
-            .chain(lab_namespaces().into_iter().map(ns_path))
+            .filter(|_| netpath)
+            .chain(self.names.namespaces().into_iter().map(ns_path))
             .filter(|p| p.exists())
             .map(|p| p.display().to_string())
             .collect();
@@ -582,7 +681,8 @@ impl Drop for Lab {
 /// The command a reader types to replay a netpath step.
 pub fn replay_line(args: &[&str]) -> String {
     format!(
-        "nsenter --net=/run/netns/{HOST_NS} netpath --instance {INSTANCE} {}",
+        "nsenter --net=/run/netns/{} netpath --instance {INSTANCE} {}",
+        Names::of(PathKind::Netpath).host,
         args.join(" ")
     )
 }
@@ -744,10 +844,45 @@ pub fn ns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
-fn lab_namespaces() -> Vec<&'static str> {
-    let mut all = vec![HOST_NS, LAN_NS];
-    all.extend(CONTAINER_NS);
-    all
+/// Every namespace a comparison run makes, in all labs.
+#[cfg(test)]
+fn lab_namespaces() -> Vec<String> {
+    PathKind::ALL
+        .iter()
+        .flat_map(|&kind| Names::of(kind).namespaces().map(String::from))
+        .collect()
+}
+
+/// Removes what an earlier comparison run left behind (a killed run cannot clean up): every
+/// lab's namespaces, netpath instance `cmp`, and the namespaces of the old one-lab layout.
+/// Servers and proxies die with their run's process group; nothing else is looked for.
+pub fn remove_leftovers(bin: &Path, files: &Path) -> anyhow::Result<()> {
+    let mut shells: Vec<Lab> = PathKind::ALL
+        .iter()
+        .map(|&kind| Lab::shell(kind, Names::of(kind), bin, files))
+        .collect();
+    // The old layout's netpath lab ran in its host namespace: purge from there.
+    shells.push(Lab::shell(PathKind::Netpath, Names::legacy(), bin, files));
+    let mut clean = true;
+    for mut shell in shells {
+        if shell.leftovers_exist() {
+            println!(
+                "{TAG}: removing what an earlier comparison run left behind: {}",
+                shell.names.namespaces().join(", ")
+            );
+            clean &= shell.teardown();
+        } else {
+            shell.torn_down = true;
+        }
+    }
+    if !clean {
+        bail!(
+            "could not remove what an earlier comparison run left behind (see above); delete \
+             the npcmp-* namespaces with `ip netns del` and run `netpath --instance {INSTANCE} \
+             purge --force`, then try again"
+        );
+    }
+    Ok(())
 }
 
 /// What netpath instance `cmp` may leave: pins, state, run dir, config dir, and the
@@ -758,22 +893,23 @@ fn netpath_paths() -> Vec<PathBuf> {
         PathBuf::from(format!("/var/lib/netpath-{INSTANCE}")),
         PathBuf::from(format!("/run/netpath-{INSTANCE}")),
     ];
-    for name in ENDPOINTS.iter().chain(&CONTAINER_NS) {
+    let ctr = Names::of(PathKind::Netpath).ctr;
+    let legacy = Names::legacy().ctr;
+    for name in ENDPOINTS
+        .iter()
+        .copied()
+        .chain(ctr.iter().chain(&legacy).map(String::as_str))
+    {
         paths.push(PathBuf::from(format!("/etc/netns/{name}")));
         paths.push(PathBuf::from(format!("/etc/netns/{INSTANCE}-{name}")));
     }
     paths
 }
 
-fn leftovers_exist() -> bool {
-    netpath_paths().iter().any(|p| p.exists())
-        || lab_namespaces().into_iter().any(|ns| ns_path(ns).exists())
-}
-
 /// Whether the kernel has br_netfilter (its sysctls exist in the host namespace).
-fn bridge_nf_available() -> anyhow::Result<bool> {
+fn bridge_nf_available(host_ns: &str) -> anyhow::Result<bool> {
     // /proc/sys/net follows the reader's namespace: look from inside the host namespace.
-    let host = ns_path(HOST_NS);
+    let host = ns_path(host_ns);
     let mut probe = cmd::command(
         "nsenter",
         &[
@@ -863,9 +999,20 @@ mod tests {
     }
 
     #[test]
-    fn every_namespace_is_prefixed() {
-        for ns in lab_namespaces() {
+    fn every_namespace_is_prefixed_and_each_lab_has_its_own() {
+        let all = lab_namespaces();
+        for ns in &all {
             assert!(ns.starts_with("npcmp-"), "{ns}");
         }
+        let mut unique = all.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 4 * PathKind::ALL.len());
+        let ipt = Names::of(PathKind::Iptables);
+        assert_eq!(ipt.host, "npcmp-ipt-host");
+        assert_eq!(ipt.lan_ip, Ipv4Addr::new(10, 201, 3, 2));
+        let lans: std::collections::HashSet<_> =
+            PathKind::ALL.iter().map(|&k| Names::of(k).lan_ip).collect();
+        assert_eq!(lans.len(), PathKind::ALL.len());
     }
 }
