@@ -119,11 +119,18 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The kernel's full release string, e.g. `6.1.0-56-amd64` (`uname -r`), or `unknown`.
+pub fn kernel_release() -> String {
+    match fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) if !release.trim().is_empty() => release.trim().to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
 /// Kernel release as (major, minor), e.g. (6, 1).
 pub fn kernel_version() -> (u32, u32) {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = kernel_release();
     let mut parts = release
-        .trim()
         .split(['.', '-'])
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))

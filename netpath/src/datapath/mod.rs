@@ -56,6 +56,16 @@ pub enum DatapathError {
     },
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "Linux {kernel} refused program {name}: {source}. netpath's programs are verified on \
+         Linux 5.10, 6.1, 6.12 and 7.2 (`cargo xtask test --kernels all`); on another kernel, \
+         report this message with the verifier's output"
+    )]
+    Refused {
+        name: &'static str,
+        kernel: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("the kernel rejected program {name}: {source}")]
     Program {
         name: &'static str,
@@ -267,8 +277,11 @@ impl Datapath {
                 .ok_or_else(|| missing(name))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Refused {
+                name,
+                kernel: sys::kernel_release(),
+                source,
+            })?;
             self.pin_program(name, |path| prog.pin(path))?;
         }
         for name in program_name::CGROUP {
@@ -763,4 +776,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_program_names_the_kernel_and_the_tested_ones() {
+        let e = DatapathError::Refused {
+            name: "np_from_ep",
+            kernel: "5.4.0-200-generic".into(),
+            source: aya::programs::ProgramError::NotLoaded,
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("Linux 5.4.0-200-generic refused program np_from_ep: "),
+            "{text}"
+        );
+        assert!(text.contains("verified on Linux 5.10, 6.1, 6.12 and 7.2"), "{text}");
+    }
+
+    #[test]
+    fn kernel_release_reads_like_uname() {
+        let release = sys::kernel_release();
+        assert_ne!(release, "unknown", "/proc/sys/kernel/osrelease is readable here");
+        assert_eq!(
+            sys::kernel_version().0,
+            release.split('.').next().unwrap().parse::<u32>().unwrap()
+        );
+    }
 }
