@@ -80,7 +80,7 @@ fn dispatch(app: &mut App, command: Command) -> anyhow::Result<String> {
                 format!("{}\n", n.name)
             }
             NetworkCommand::Ls => network::list(app)?,
-            NetworkCommand::Inspect { names } => format!("{}\n", network::inspect(&app, &names)?),
+            NetworkCommand::Inspect { names } => format!("{}\n", network::inspect(app, &names)?),
             NetworkCommand::Rm { names } => {
                 let mut out = String::new();
                 for n in names {
@@ -104,7 +104,7 @@ fn dispatch(app: &mut App, command: Command) -> anyhow::Result<String> {
                 format!("{name}\n")
             }
             EndpointCommand::Ls => endpoint::list(app)?,
-            EndpointCommand::Inspect { names } => format!("{}\n", endpoint::inspect(&app, &names)?),
+            EndpointCommand::Inspect { names } => format!("{}\n", endpoint::inspect(app, &names)?),
             EndpointCommand::Rm { names } => {
                 let mut out = String::new();
                 for n in names {
@@ -139,7 +139,7 @@ fn dispatch(app: &mut App, command: Command) -> anyhow::Result<String> {
         }
         Command::Port(p) => {
             let name = if p.all { None } else { p.name.as_deref() };
-            publish::port(&app, name, p.port.as_deref())?
+            publish::port(app, name, p.port.as_deref())?
         }
         Command::Stats => inspect::stats(app)?,
         Command::Status => inspect::status(app)?,

@@ -19,6 +19,9 @@ fn hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapD
     HashMap::try_from(open(dir, name)?).map_err(|e| DatapathError::Map(name.into(), e))
 }
 
+/// Counters as (name, value) pairs.
+pub type Counters = Vec<(&'static str, u64)>;
+
 fn map_err(name: &str) -> impl FnOnce(MapError) -> DatapathError {
     let name = name.to_string();
     move |e| DatapathError::Map(name, e)
@@ -211,8 +214,8 @@ impl Maps {
 
     /// Sums of the per-CPU counters: (outcome counters, drop reasons), each (name, value),
     /// skipping unused slots.
-    pub fn counters(&self) -> Result<(Vec<(&'static str, u64)>, Vec<(&'static str, u64)>)> {
-        let read = |name: &str, names: &[&'static str]| -> Result<Vec<(&'static str, u64)>> {
+    pub fn counters(&self) -> Result<(Counters, Counters)> {
+        let read = |name: &str, names: &[&'static str]| -> Result<Counters> {
             let arr: PerCpuArray<MapData, u64> =
                 PerCpuArray::try_from(open(&self.dir, name)?).map_err(map_err(name))?;
             let mut out = Vec::new();

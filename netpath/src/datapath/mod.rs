@@ -794,13 +794,19 @@ mod tests {
             text.starts_with("Linux 5.4.0-200-generic refused program np_from_ep: "),
             "{text}"
         );
-        assert!(text.contains("verified on Linux 5.10, 6.1, 6.12 and 7.2"), "{text}");
+        assert!(
+            text.contains("verified on Linux 5.10, 6.1, 6.12 and 7.2"),
+            "{text}"
+        );
     }
 
     #[test]
     fn kernel_release_reads_like_uname() {
         let release = sys::kernel_release();
-        assert_ne!(release, "unknown", "/proc/sys/kernel/osrelease is readable here");
+        assert_ne!(
+            release, "unknown",
+            "/proc/sys/kernel/osrelease is readable here"
+        );
         assert_eq!(
             sys::kernel_version().0,
             release.split('.').next().unwrap().parse::<u32>().unwrap()
