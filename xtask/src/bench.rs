@@ -11,6 +11,7 @@
 //! TODO(issue 6), still to do here: the results table in docs/performance.md.
 mod chart;
 mod compare;
+mod docker_rules;
 mod lab;
 mod load;
 mod memory;
@@ -604,52 +605,82 @@ fn connection_rates(lab: &Lab, plan: &Plan) -> anyhow::Result<(RateSamples, Fact
             accepted_before: server.accepted.load(Ordering::Relaxed),
             ..RateSamples::default()
         };
-        for repeat in 1..=plan.repeats {
-            let order = if repeat % 2 == 1 {
-                [first, last]
-            } else {
-                [last, first]
-            };
-            let mut pair = [0.0; 2];
-            for dial in order {
-                let r = run(dial, plan.connect)?;
-                samples.connected += r.connected;
-                samples.failed += r.failed;
-                if samples.first_error.is_none() {
-                    samples.first_error = r.first_error.clone();
-                }
-                pair[usize::from(dial == last)] = r.per_second();
+        let pairs = alternating_pairs(first, last, plan, &run, |r| {
+            samples.connected += r.connected;
+            samples.failed += r.failed;
+            if samples.first_error.is_none() {
+                samples.first_error = r.first_error.clone();
             }
-            println!(
-                "  run {repeat}: first {:.0} conn/s, last {:.0} conn/s, last/first {:.3}",
-                pair[0],
-                pair[1],
-                pair[1] / pair[0]
-            );
-            samples.first.push(pair[0]);
-            samples.last.push(pair[1]);
-            samples.ratios.push(pair[1] / pair[0]);
+        })?;
+        for [first, last] in pairs {
+            samples.first.push(first);
+            samples.last.push(last);
+            samples.ratios.push(last / first);
         }
         Ok(samples)
     };
     let drops_before = traffic::listen_drops(&lab.endpoint_ns())
         .context("cannot read the endpoint's TCP counters")?;
+    let samples = while_serving(&server, pairs)?;
+    let accepted = server.accepted.load(Ordering::Relaxed) - samples.accepted_before;
+    let drops = traffic::listen_drops(&lab.endpoint_ns())
+        .context("cannot read the endpoint's TCP counters")?
+        .saturating_sub(drops_before);
+    let facts = samples.facts(accepted, drops);
+    Ok((samples, facts))
+}
+
+/// Runs `measure` while `server` accepts and closes on the server CPU in a thread of its own,
+/// then stops the server; fails if `measure` failed, else if the server did.
+fn while_serving<T>(
+    server: &AcceptServer,
+    measure: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     std::thread::scope(|s| {
         let serving = s.spawn(|| server.serve(SERVER_CPU, &INTERRUPTED));
-        let measured = pairs();
+        let measured = measure();
         server.stop.store(true, Ordering::Relaxed);
         let served = serving
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let samples = measured?;
+        let measured = measured?;
         served.context("the accept-and-close server failed")?;
-        let accepted = server.accepted.load(Ordering::Relaxed) - samples.accepted_before;
-        let drops = traffic::listen_drops(&lab.endpoint_ns())
-            .context("cannot read the endpoint's TCP counters")?
-            .saturating_sub(drops_before);
-        let facts = samples.facts(accepted, drops);
-        Ok((samples, facts))
+        Ok(measured)
     })
+}
+
+/// `plan.repeats` back-to-back pairs of `plan.connect`-long connect loops to `first` and
+/// `last`, the order alternating (so drift or warm-up favours neither); `run` runs one loop and
+/// `each` sees every loop it ran. Prints each pair; returns each pair's conn/s, `[first, last]`.
+fn alternating_pairs(
+    first: SocketAddrV4,
+    last: SocketAddrV4,
+    plan: &Plan,
+    mut run: impl FnMut(SocketAddrV4, Duration) -> anyhow::Result<ConnectRun>,
+    mut each: impl FnMut(&ConnectRun),
+) -> anyhow::Result<Vec<[f64; 2]>> {
+    let mut pairs = Vec::new();
+    for repeat in 1..=plan.repeats {
+        let order = if repeat % 2 == 1 {
+            [first, last]
+        } else {
+            [last, first]
+        };
+        let mut pair = [0.0; 2];
+        for dial in order {
+            let r = run(dial, plan.connect)?;
+            each(&r);
+            pair[usize::from(dial == last)] = r.per_second();
+        }
+        println!(
+            "  run {repeat}: first {:.0} conn/s, last {:.0} conn/s, last/first {:.3}",
+            pair[0],
+            pair[1],
+            pair[1] / pair[0]
+        );
+        pairs.push(pair);
+    }
+    Ok(pairs)
 }
 
 /// How many mappings `netpath port web` lists.

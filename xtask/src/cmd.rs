@@ -1,12 +1,14 @@
 //! Owns running external commands: showing them as a shell line, capturing or streaming their
 //! output, and turning a failure into an error that names the command and shows the end of
-//! what it printed.
+//! what it printed; and running a clean-up command that reports, not fails.
 use std::{
     io,
     process::{Command, ExitStatus, Output, Stdio},
 };
 
 use anyhow::{Context as _, anyhow};
+
+use crate::TAG;
 
 /// How many lines of a failed command's output an error shows.
 const TAIL_LINES: usize = 25;
@@ -80,6 +82,15 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Runs a clean-up command; a failure is reported but does not stop the clean-up.
+pub fn report_cleanup(command: &mut Command) {
+    match output(command) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!("{TAG}: clean-up: {:#}", failure(command, out.status, &out)),
+        Err(e) => eprintln!("{TAG}: clean-up: {e:#}"),
+    }
 }
 
 /// The error for a command that ran and failed.

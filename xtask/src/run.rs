@@ -370,11 +370,11 @@ impl DemoLab {
         if host_ns.exists() && self.bin.exists() {
             // netpath runs only inside the demo's host namespace, never in the machine's own.
             let mut purge = self.netpath_command(&["purge", "--force"]);
-            report_cleanup(&mut purge);
+            cmd::report_cleanup(&mut purge);
         }
         for path in instance_paths().into_iter().filter(|p| p.exists()) {
             if path.starts_with("/run/netns") {
-                report_cleanup(&mut cmd::command(
+                cmd::report_cleanup(&mut cmd::command(
                     "ip",
                     &["netns", "del", &file_name(&path)],
                 ));
@@ -388,7 +388,7 @@ impl DemoLab {
                 if echo {
                     println!("$ {}", cmd::display(&del));
                 }
-                report_cleanup(&mut del);
+                cmd::report_cleanup(&mut del);
             }
         }
         let left: Vec<String> = instance_paths()
@@ -409,18 +409,6 @@ impl Drop for DemoLab {
         if !self.torn_down {
             self.teardown(false);
         }
-    }
-}
-
-/// Runs a clean-up command; a failure is reported but does not stop the clean-up.
-fn report_cleanup(command: &mut Command) {
-    match cmd::output(command) {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "{TAG}: clean-up: {:#}",
-            cmd::failure(command, out.status, &out)
-        ),
-        Err(e) => eprintln!("{TAG}: clean-up: {e:#}"),
     }
 }
 

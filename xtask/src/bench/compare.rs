@@ -763,7 +763,14 @@ fn iperf3(lan: &Path, args: &[&str], limit: Duration) -> anyhow::Result<String> 
     }
 }
 
-fn tcp_stream(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<f64> {
+/// Runs an iperf3 client from `lan` to `target` for the plan's iperf seconds, pinned to the
+/// client CPU, with JSON output and `extra` options (UDP's) before those; returns the JSON.
+fn iperf3_client(
+    lan: &Path,
+    target: SocketAddrV4,
+    plan: &Plan,
+    extra: &[&str],
+) -> anyhow::Result<String> {
     let (ip, port, secs) = (
         target.ip().to_string(),
         target.port().to_string(),
@@ -771,56 +778,18 @@ fn tcp_stream(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<f
     );
     let cpu = CLIENT_CPU.to_string();
     let limit = Duration::from_secs(u64::from(plan.iperf_seconds) + 15);
-    let text = iperf3(
-        lan,
-        &[
-            "-c",
-            &ip,
-            "-p",
-            &port,
-            "-t",
-            &secs,
-            "-A",
-            &cpu,
-            "--connect-timeout",
-            "3000",
-            "-J",
-        ],
-        limit,
-    )?;
-    load::parse_iperf3_tcp(&text)
+    let mut args = vec!["-c", &ip, "-p", &port, "-t", &secs, "-A", &cpu];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--connect-timeout", "3000", "-J"]);
+    iperf3(lan, &args, limit)
+}
+
+fn tcp_stream(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<f64> {
+    load::parse_iperf3_tcp(&iperf3_client(lan, target, plan, &[])?)
 }
 
 fn udp_flood(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<load::UdpResult> {
-    let (ip, port, secs) = (
-        target.ip().to_string(),
-        target.port().to_string(),
-        plan.iperf_seconds.to_string(),
-    );
-    let cpu = CLIENT_CPU.to_string();
-    let limit = Duration::from_secs(u64::from(plan.iperf_seconds) + 15);
-    let text = iperf3(
-        lan,
-        &[
-            "-c",
-            &ip,
-            "-p",
-            &port,
-            "-t",
-            &secs,
-            "-A",
-            &cpu,
-            "-u",
-            "-l",
-            MESSAGE_BYTES,
-            "-b",
-            "0",
-            "--connect-timeout",
-            "3000",
-            "-J",
-        ],
-        limit,
-    )?;
+    let text = iperf3_client(lan, target, plan, &["-u", "-l", MESSAGE_BYTES, "-b", "0"])?;
     load::parse_iperf3_udp(&text)
 }
 
@@ -1003,6 +972,35 @@ impl Report {
             .collect()
     }
 
+    /// Writes one markdown table to `out`: a row for each of `metrics`, a column for each of
+    /// `columns` (a path and its heading), each cell that path's median (min–max).
+    fn metric_table(&self, out: &mut String, columns: &[(PathKind, &str)], metrics: &[Metric]) {
+        let _ = write!(out, "| metric | unit |");
+        for (_, title) in columns {
+            let _ = write!(out, " {title} |");
+        }
+        let _ = write!(out, "\n|---|---|");
+        for _ in columns {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+        for &metric in metrics {
+            let _ = write!(out, "| {} | {} |", metric.label(), metric.unit());
+            for &(kind, _) in columns {
+                let r = self.result(kind);
+                let _ = write!(
+                    out,
+                    " {} |",
+                    cell(
+                        r.and_then(|r| r.summary(metric)),
+                        r.is_none_or(|r| !r.errors.is_empty())
+                    )
+                );
+            }
+            out.push('\n');
+        }
+    }
+
     /// The whole markdown report: tables and facts, then the ratios.
     #[cfg(test)]
     fn markdown(&self) -> String {
@@ -1037,61 +1035,18 @@ impl Report {
             "LAN client → host uplink → container (routed: the client dials the container's own \
              address). Cells: median (min–max).\n"
         );
-        let _ = write!(out, "| metric | unit |");
-        for kind in PathKind::ALL {
-            let _ = write!(out, " {} |", kind.title());
-        }
-        let _ = write!(out, "\n|---|---|");
-        for _ in PathKind::ALL {
-            out.push_str("---:|");
-        }
-        out.push('\n');
-        for metric in Metric::PUBLISHED {
-            let _ = write!(out, "| {} | {} |", metric.label(), metric.unit());
-            for kind in PathKind::ALL {
-                let r = self.result(kind);
-                let _ = write!(
-                    out,
-                    " {} |",
-                    cell(
-                        r.and_then(|r| r.summary(metric)),
-                        r.is_none_or(|r| !r.errors.is_empty())
-                    )
-                );
-            }
-            out.push('\n');
-        }
-        let c2c: Vec<PathKind> = PathKind::ALL
+        let published = PathKind::ALL.map(|kind| (kind, kind.title()));
+        self.metric_table(&mut out, &published, &Metric::PUBLISHED);
+        let c2c: Vec<(PathKind, &str)> = PathKind::ALL
             .into_iter()
             .filter(|k| measures_c2c(*k))
+            .map(|kind| (kind, c2c_title(kind)))
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "\nContainer to container (second container → first).\n\n| metric | unit |"
+            "\nContainer to container (second container → first).\n"
         );
-        for kind in &c2c {
-            let _ = write!(out, " {} |", c2c_title(*kind));
-        }
-        let _ = write!(out, "\n|---|---|");
-        for _ in &c2c {
-            out.push_str("---:|");
-        }
-        out.push('\n');
-        for metric in Metric::C2C {
-            let _ = write!(out, "| {} | {} |", metric.label(), metric.unit());
-            for kind in &c2c {
-                let r = self.result(*kind);
-                let _ = write!(
-                    out,
-                    " {} |",
-                    cell(
-                        r.and_then(|r| r.summary(metric)),
-                        r.is_none_or(|r| !r.errors.is_empty())
-                    )
-                );
-            }
-            out.push('\n');
-        }
+        self.metric_table(&mut out, &c2c, &Metric::C2C);
         let _ = writeln!(out, "\nPaths and facts:\n");
         for kind in PathKind::ALL {
             let _ = writeln!(out, "- {}: {}", kind.title(), kind.description());
@@ -1324,13 +1279,7 @@ impl Report {
             .collect();
         json!({
             "benchmark": "side-by-side comparison",
-            "machine": {
-                "date": m.date,
-                "kernel": m.kernel,
-                "cpu_model": m.cpu_model,
-                "cpus": m.cpus,
-                "netpath_version": m.netpath_version,
-            },
+            "machine": m.json(),
             "setup": {
                 "mode": if p.quick { "quick" } else { "default" },
                 "repeats": p.repeats,

@@ -136,13 +136,7 @@ impl Lab {
             ],
             &["nsenter", &lan, "ip", "link", "set", LAN_DEV, "up"],
         ];
-        for argv in steps {
-            check_interrupt()?;
-            let (program, args) = argv.split_first().context("empty command")?;
-            let mut command = cmd::command(program, args);
-            println!("$ {}", cmd::display(&command));
-            cmd::run_captured(&mut command)?;
-        }
+        run_steps(steps)?;
         println!("$ {}", replay_line(&["endpoint", "create", ENDPOINT]));
         self.netpath(&["endpoint", "create", ENDPOINT], Stdout::Discard)?;
         Ok(())
@@ -264,11 +258,11 @@ impl Lab {
                 .arg(format!("--net=/run/netns/{HOST_NS}"))
                 .arg(&self.bin)
                 .args(["--instance", INSTANCE, "purge", "--force"]);
-            report_cleanup(&mut purge);
+            cmd::report_cleanup(&mut purge);
         }
         for path in instance_paths().into_iter().filter(|p| p.exists()) {
             if path.starts_with("/run/netns") {
-                report_cleanup(&mut cmd::command(
+                cmd::report_cleanup(&mut cmd::command(
                     "ip",
                     &["netns", "del", &file_name(&path)],
                 ));
@@ -277,7 +271,7 @@ impl Lab {
             }
         }
         for path in lab_namespaces().into_iter().filter(|p| p.exists()) {
-            report_cleanup(&mut cmd::command(
+            cmd::report_cleanup(&mut cmd::command(
                 "ip",
                 &["netns", "del", &file_name(&path)],
             ));
@@ -301,6 +295,19 @@ impl Drop for Lab {
             self.teardown();
         }
     }
+}
+
+/// Runs each command of `steps` (program and arguments), showing it as a shell line first and
+/// stopping at the first failure or a Ctrl-C: how the bench labs build their namespaces.
+pub fn run_steps(steps: &[&[&str]]) -> anyhow::Result<()> {
+    for argv in steps {
+        check_interrupt()?;
+        let (program, args) = argv.split_first().context("empty command")?;
+        let mut command = cmd::command(program, args);
+        println!("$ {}", cmd::display(&command));
+        cmd::run_captured(&mut command)?;
+    }
+    Ok(())
 }
 
 /// The command a reader types to replay a netpath step of the benchmark.
@@ -350,18 +357,6 @@ pub fn netpath_processes(bin: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(count)
-}
-
-/// Runs a clean-up command; a failure is reported but does not stop the clean-up.
-fn report_cleanup(command: &mut Command) {
-    match cmd::output(command) {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "{TAG}: clean-up: {:#}",
-            cmd::failure(command, out.status, &out)
-        ),
-        Err(e) => eprintln!("{TAG}: clean-up: {e:#}"),
-    }
 }
 
 fn file_name(path: &Path) -> String {

@@ -17,8 +17,9 @@ use serde_json::json;
 
 use super::{
     Facts,
-    lab::{ENDPOINT, INSTANCE, Lab, Stdout, check_interrupt, replay_line},
-    report::{Row, Summary, Verdict},
+    lab::{ENDPOINT, INSTANCE, Lab, Stdout, check_interrupt, replay_line, run_steps},
+    report::{Row, Verdict},
+    row,
     scale_iptables::{Namespaces, enter_on_exec, ns_path},
     section,
 };
@@ -63,22 +64,6 @@ pub fn measure(bin: &Path, out_dir: &Path) -> anyhow::Result<Found> {
     ));
     proxy_side(&mut found)?;
     Ok(found)
-}
-
-fn one(
-    key: &'static str,
-    label: String,
-    unit: &'static str,
-    value: f64,
-    note: &str,
-) -> anyhow::Result<Row> {
-    Ok(Row {
-        key,
-        label,
-        unit,
-        summary: Summary::of(&[value]).context("no sample")?,
-        note: note.to_string(),
-    })
 }
 
 /// The `publish -f` file: `21000:web:5000/udp` …
@@ -141,25 +126,25 @@ fn netpath_side(bin: &Path, out_dir: &Path, found: &mut Found) -> anyhow::Result
             b as f64 / 1048576.0
         ))
     );
-    found.rows.push(one(
+    found.rows.push(row(
         "mem_netpath_processes",
         format!("netpath: processes left running for {PORTS} UDP ports"),
         "processes",
-        processes as f64,
+        &[processes as f64],
         "processes running the netpath binary after `publish -f` returned",
     )?);
-    found.rows.push(one(
+    found.rows.push(row(
         "mem_netpath_user_mib",
         format!("netpath: extra user-space memory for {PORTS} UDP ports"),
         "MiB",
-        rss_kib as f64 / 1024.0,
+        &[rss_kib as f64 / 1024.0],
         "sum of VmRSS of the netpath processes left",
     )?);
-    found.rows.push(one(
+    found.rows.push(row(
         "mem_netpath_bpf_memlock_mib",
         "netpath: kernel memory of its pinned BPF maps (whole datapath)".into(),
         "MiB",
-        memlock as f64 / 1048576.0,
+        &[memlock as f64 / 1048576.0],
         "kernel, not user-space: sum of bytes_memlock (`bpftool map show`); \
          preallocated at load, the same with 0 or 500 ports",
     )?);
@@ -341,26 +326,26 @@ fn proxy_side(found: &mut Found) -> anyhow::Result<()> {
     if !clean {
         bail!("the proxy memory part ran, but clean-up left a namespace behind (see above)");
     }
-    found.rows.push(one(
+    found.rows.push(row(
         "mem_proxy_processes",
         format!("socat per port: processes for {PORTS} UDP ports"),
         "processes",
-        processes as f64,
+        &[processes as f64],
         "one `socat UDP4-RECVFROM:PORT,fork UDP4-SENDTO:CTR:PORT` per port, as Docker starts \
          one docker-proxy per published port and protocol",
     )?);
-    found.rows.push(one(
+    found.rows.push(row(
         "mem_proxy_rss_mib",
         format!("socat per port: user-space memory for {PORTS} UDP ports (RSS)"),
         "MiB",
-        rss_kib as f64 / 1024.0,
+        &[rss_kib as f64 / 1024.0],
         "sum of VmRSS (/proc/PID/status); counts shared library pages once per process",
     )?);
-    found.rows.push(one(
+    found.rows.push(row(
         "mem_proxy_pss_mib",
         format!("socat per port: user-space memory for {PORTS} UDP ports (PSS)"),
         "MiB",
-        pss_kib as f64 / 1024.0,
+        &[pss_kib as f64 / 1024.0],
         "sum of Pss (/proc/PID/smaps_rollup): shared pages split between the processes",
     )?);
     found.facts.push((
@@ -394,13 +379,7 @@ fn proxy_measure() -> anyhow::Result<(usize, u64, u64, bool)> {
         ],
         &["nsenter", &ctr, "ip", "link", "set", "eth0", "up"],
     ];
-    for argv in steps {
-        check_interrupt()?;
-        let (program, args) = argv.split_first().context("empty command")?;
-        let mut command = cmd::command(program, args);
-        println!("$ {}", cmd::display(&command));
-        cmd::run_captured(&mut command)?;
-    }
+    run_steps(steps)?;
     println!(
         "$ nsenter {host} socat -T 1 UDP4-RECVFROM:PORT,fork UDP4-SENDTO:{CTR_IP}:CPORT &    \
          # {PORTS} of them, PORT {FIRST_HOST_PORT}..{}",

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{lab::check_interrupt, load::Daemon};
+use super::{docker_rules, lab::check_interrupt, load::Daemon};
 use crate::{TAG, cmd};
 
 /// The namespaces of the one-lab-at-a-time layout of earlier versions, removed if left over.
@@ -641,7 +641,7 @@ impl Lab {
                 .arg(format!("--net={}", ns_path(&self.names.host).display()))
                 .arg(&self.bin)
                 .args(["--instance", INSTANCE, "purge", "--force"]);
-            report_cleanup(&mut purge);
+            cmd::report_cleanup(&mut purge);
         }
         for path in netpath_paths()
             .into_iter()
@@ -653,7 +653,7 @@ impl Lab {
         }
         for ns in self.names.namespaces() {
             if ns_path(ns).exists() {
-                report_cleanup(&mut cmd::command("ip", &["netns", "del", ns]));
+                cmd::report_cleanup(&mut cmd::command("ip", &["netns", "del", ns]));
             }
         }
         let left: Vec<String> = netpath_paths()
@@ -748,47 +748,10 @@ pub fn docker_iptables_rules() -> String {
             "-A DOCKER -d {ctr}/32 ! -i {BRIDGE} -o {BRIDGE} -p {p} -m {p} --dport {port} -j ACCEPT"
         );
     }
+    let published = docker_rules::Published { raw, nat, filter };
     format!(
-        "# Docker 28 (iptables, --userland-proxy=false) for bridge {BRIDGE} {SUBNET}, written by cargo xtask bench
-*raw
-:PREROUTING ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-{raw}COMMIT
-*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -o {BRIDGE} -m addrtype --src-type LOCAL -j MASQUERADE
--A POSTROUTING -s {SUBNET} ! -o {BRIDGE} -j MASQUERADE
-{nat}COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-BRIDGE - [0:0]
-:DOCKER-CT - [0:0]
-:DOCKER-FORWARD - [0:0]
-:DOCKER-ISOLATION-STAGE-1 - [0:0]
-:DOCKER-ISOLATION-STAGE-2 - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-FORWARD
-{filter}-A DOCKER ! -i {BRIDGE} -o {BRIDGE} -j DROP
--A DOCKER-BRIDGE -o {BRIDGE} -j DOCKER
--A DOCKER-CT -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A DOCKER-FORWARD -j DOCKER-CT
--A DOCKER-FORWARD -j DOCKER-ISOLATION-STAGE-1
--A DOCKER-FORWARD -j DOCKER-BRIDGE
--A DOCKER-FORWARD -i {BRIDGE} -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i {BRIDGE} ! -o {BRIDGE} -j DOCKER-ISOLATION-STAGE-2
--A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE} -j DROP
-COMMIT
-"
+        "# Docker 28 (iptables, --userland-proxy=false) for bridge {BRIDGE} {SUBNET}, written by cargo xtask bench\n{}",
+        docker_rules::iptables_rules(BRIDGE, SUBNET, Some(&published))
     )
 }
 
@@ -949,18 +912,6 @@ fn sysctl(ns: &str, setting: &str) -> anyhow::Result<()> {
     ])
 }
 
-/// Runs a clean-up command; a failure is reported but does not stop the clean-up.
-fn report_cleanup(command: &mut Command) {
-    match cmd::output(command) {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "{TAG}: clean-up: {:#}",
-            cmd::failure(command, out.status, &out)
-        ),
-        Err(e) => eprintln!("{TAG}: clean-up: {e:#}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -984,6 +935,14 @@ mod tests {
             );
         }
         assert_eq!(rules.matches("COMMIT").count(), 3);
+    }
+
+    #[test]
+    fn iptables_rules_are_pinned() {
+        assert_eq!(
+            docker_iptables_rules(),
+            include_str!("docker_rules/paths.rules")
+        );
     }
 
     #[test]

@@ -58,6 +58,19 @@ pub struct Machine {
     pub netpath_version: String,
 }
 
+impl Machine {
+    /// The JSON object every report of `cargo xtask bench` writes under "machine".
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "date": self.date,
+            "kernel": self.kernel,
+            "cpu_model": self.cpu_model,
+            "cpus": self.cpus,
+            "netpath_version": self.netpath_version,
+        })
+    }
+}
+
 /// How the run was configured.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -214,13 +227,7 @@ impl Results {
             .collect();
         json!({
             "benchmark": "published-port scale",
-            "machine": {
-                "date": m.date,
-                "kernel": m.kernel,
-                "cpu_model": m.cpu_model,
-                "cpus": m.cpus,
-                "netpath_version": m.netpath_version,
-            },
+            "machine": m.json(),
             "setup": {
                 "mode": s.mode,
                 "mappings": s.mappings,

@@ -12,7 +12,6 @@ use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -20,11 +19,12 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use super::{
-    CLIENT_CPU, Facts, Plan, SERVER_CPU, SERVER_PORT, WARM_UP,
-    lab::{INTERRUPTED, check_interrupt},
+    CLIENT_CPU, Facts, Plan, SERVER_CPU, SERVER_PORT, WARM_UP, alternating_pairs, docker_rules,
+    lab::{INTERRUPTED, check_interrupt, run_steps},
     report::{Row, Summary},
     row, section,
     traffic::{self, AcceptServer},
+    while_serving,
 };
 use crate::{TAG, cmd};
 
@@ -228,11 +228,7 @@ impl IptLab {
             ],
             &["nsenter", &host, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
         ];
-        for argv in steps {
-            check_interrupt()?;
-            let (program, args) = argv.split_first().context("empty command")?;
-            run_shown(&mut cmd::command(program, args))?;
-        }
+        run_steps(steps)?;
         Ok(Self { namespaces })
     }
 
@@ -269,42 +265,7 @@ impl IptLab {
 /// Docker 28's chains on a host with one bridge network and no container yet (filter's
 /// isolation chains reduced to the jumps a packet to a published port passes).
 fn base_rules() -> String {
-    format!(
-        "*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s {SUBNET} ! -o {BRIDGE} -j MASQUERADE
--A DOCKER -i {BRIDGE} -j RETURN
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-BRIDGE - [0:0]
-:DOCKER-CT - [0:0]
-:DOCKER-FORWARD - [0:0]
-:DOCKER-ISOLATION-STAGE-1 - [0:0]
-:DOCKER-ISOLATION-STAGE-2 - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-FORWARD
--A DOCKER-BRIDGE -o {BRIDGE} -j DOCKER
--A DOCKER-CT -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A DOCKER-FORWARD -j DOCKER-CT
--A DOCKER-FORWARD -j DOCKER-ISOLATION-STAGE-1
--A DOCKER-FORWARD -j DOCKER-BRIDGE
--A DOCKER-FORWARD -i {BRIDGE} -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i {BRIDGE} ! -o {BRIDGE} -j DOCKER-ISOLATION-STAGE-2
--A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE} -j DROP
-COMMIT
-"
-    )
+    docker_rules::iptables_rules(BRIDGE, SUBNET, None)
 }
 
 /// The two rules Docker adds for host port `port` -> the container's port 80: the DNAT in nat's
@@ -552,47 +513,21 @@ fn connection_rates(plan: &Plan) -> anyhow::Result<([Vec<f64>; 2], Facts)> {
         for dial in [first, last] {
             run(dial, WARM_UP)?;
         }
-        let (mut rates, mut connected, mut failed) = ([Vec::new(), Vec::new()], 0, 0);
-        for repeat in 1..=plan.repeats {
-            let order = if repeat % 2 == 1 {
-                [first, last]
-            } else {
-                [last, first]
-            };
-            let mut pair = [0.0; 2];
-            for dial in order {
-                let r = run(dial, plan.connect)?;
-                connected += r.connected;
-                failed += r.failed;
-                pair[usize::from(dial == last)] = r.per_second();
-            }
-            println!(
-                "  run {repeat}: first {:.0} conn/s, last {:.0} conn/s, last/first {:.3}",
-                pair[0],
-                pair[1],
-                pair[1] / pair[0]
-            );
-            rates[0].push(pair[0]);
-            rates[1].push(pair[1]);
-        }
+        let (mut connected, mut failed) = (0, 0);
+        let pairs = alternating_pairs(first, last, plan, &run, |r| {
+            connected += r.connected;
+            failed += r.failed;
+        })?;
+        let rates = [0, 1].map(|i| pairs.iter().map(|pair| pair[i]).collect());
         Ok((rates, connected, failed))
     };
-    std::thread::scope(|s| {
-        let serving = s.spawn(|| server.serve(SERVER_CPU, &INTERRUPTED));
-        let measured = pairs();
-        server.stop.store(true, Ordering::Relaxed);
-        let served = serving
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let (rates, connected, failed) = measured?;
-        served.context("the accept-and-close server failed")?;
-        let facts = vec![(
-            "iptables_measured_connections",
-            "iptables DNAT: connections completed / connects failed (measured runs)".into(),
-            json!({ "client_completed": connected, "failed": failed }),
-        )];
-        Ok((rates, facts))
-    })
+    let (rates, connected, failed) = while_serving(&server, pairs)?;
+    let facts = vec![(
+        "iptables_measured_connections",
+        "iptables DNAT: connections completed / connects failed (measured runs)".into(),
+        json!({ "client_completed": connected, "failed": failed }),
+    )];
+    Ok((rates, facts))
 }
 
 #[cfg(test)]
@@ -620,6 +555,14 @@ mod tests {
         let base = base_rules();
         assert!(base.contains("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"));
         assert!(base.contains(":FORWARD DROP"));
+    }
+
+    #[test]
+    fn base_rules_are_pinned() {
+        assert_eq!(
+            base_rules(),
+            include_str!("docker_rules/scale_iptables.rules")
+        );
     }
 
     #[test]
