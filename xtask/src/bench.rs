@@ -1,14 +1,13 @@
-//! Owns `cargo xtask bench`: the published-port scale benchmark that issue 5 asks for (part of
-//! issue 6), then the side-by-side comparison with the Linux paths (`bench/compare.rs`;
-//! `--only scale|compare` runs one part). In namespaces it creates and removes, the scale part
-//! measures how long netpath takes to install N published ports (one batch, and one at a
-//! time), whether a new TCP connection to the N-th mapping costs what one to the first does,
-//! and what memory publishing takes.
+//! Owns `cargo xtask bench`: the published-port scale benchmark, then the side-by-side
+//! comparison with the Linux paths (`bench/compare.rs`; `--only scale|compare` runs one part).
+//! In namespaces it creates and removes, the scale part measures how long netpath takes to
+//! install N published ports (one batch, and one at a time), whether a new TCP connection to
+//! the N-th mapping costs what one to the first does, and what memory publishing takes.
 //!
 //! The scale part also runs Docker's iptables layout at the same N (`bench/scale_iptables.rs`)
 //! and the 500-UDP-port memory comparison against a proxy per port (`bench/memory.rs`).
 //!
-//! TODO(issue 6), still to do here: the results table in docs/performance.md.
+//! What the results mean, and what was tried to improve them: docs/performance.md.
 mod chart;
 mod compare;
 mod docker_rules;
