@@ -138,9 +138,10 @@ pub fn run(ws: &Workspace, series: &[&str], extra: &[String]) -> anyhow::Result<
         started.elapsed().as_secs_f64()
     );
     // The closing line a CI log reader takes as the run's count: every test of every group on
-    // every kernel, a kernel that did not boot or report counting as one failure.
+    // every kernel, a kernel that did not boot or report counting as one failure. One word
+    // before the counts, so the line reads as the plain "N passed, N failed" closing line.
     let (passed, failed) = totals(&results);
-    println!("kernel matrix: {passed} passed, {failed} failed");
+    println!("matrix: {passed} passed, {failed} failed");
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
