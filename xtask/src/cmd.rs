@@ -1,8 +1,10 @@
 //! Owns running external commands: showing them as a shell line, capturing or streaming their
 //! output, and turning a failure into an error that names the command and shows the end of
-//! what it printed; and running a clean-up command that reports, not fails.
+//! what it printed; and clean-up steps that report, not fail (a command, removing a leftover
+//! namespace or directory, listing what is still there).
 use std::{
     io,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Output, Stdio},
 };
 
@@ -91,6 +93,38 @@ pub fn report_cleanup(command: &mut Command) {
         Ok(out) => eprintln!("{TAG}: clean-up: {:#}", failure(command, out.status, &out)),
         Err(e) => eprintln!("{TAG}: clean-up: {e:#}"),
     }
+}
+
+/// The `ip netns` command that deletes the named namespace at `/run/netns/NAME`.
+pub fn netns_del(ns_path: &Path) -> Command {
+    let name = ns_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    command("ip", &["netns", "del", &name])
+}
+
+/// Removes a leftover: a namespace under `/run/netns` with `ip netns del`, anything else (pins,
+/// state and run directories) as a directory tree. Failures are reported, not returned.
+pub fn remove_leftover(path: &Path) {
+    if path.starts_with("/run/netns") {
+        report_cleanup(&mut netns_del(path));
+    } else if let Err(e) = std::fs::remove_dir_all(path) {
+        eprintln!("{TAG}: clean-up: could not remove {}: {e}", path.display());
+    }
+}
+
+/// True when none of `paths` exists any more; otherwise names those that do.
+pub fn all_removed(paths: impl IntoIterator<Item = PathBuf>) -> bool {
+    let left: Vec<String> = paths
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !left.is_empty() {
+        eprintln!("{TAG}: clean-up could not remove: {}", left.join(", "));
+    }
+    left.is_empty()
 }
 
 /// The error for a command that ran and failed.

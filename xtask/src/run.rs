@@ -373,34 +373,16 @@ impl DemoLab {
             cmd::report_cleanup(&mut purge);
         }
         for path in instance_paths().into_iter().filter(|p| p.exists()) {
-            if path.starts_with("/run/netns") {
-                cmd::report_cleanup(&mut cmd::command(
-                    "ip",
-                    &["netns", "del", &file_name(&path)],
-                ));
-            } else if let Err(e) = std::fs::remove_dir_all(&path) {
-                eprintln!("{TAG}: clean-up: could not remove {}: {e}", path.display());
+            cmd::remove_leftover(&path);
+        }
+        for path in lab_namespaces().into_iter().filter(|p| p.exists()) {
+            let mut del = cmd::netns_del(&path);
+            if echo {
+                println!("$ {}", cmd::display(&del));
             }
+            cmd::report_cleanup(&mut del);
         }
-        for path in lab_namespaces() {
-            if path.exists() {
-                let mut del = cmd::command("ip", &["netns", "del", &file_name(&path)]);
-                if echo {
-                    println!("$ {}", cmd::display(&del));
-                }
-                cmd::report_cleanup(&mut del);
-            }
-        }
-        let left: Vec<String> = instance_paths()
-            .iter()
-            .chain(&lab_namespaces())
-            .filter(|p| p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
-        if !left.is_empty() {
-            eprintln!("{TAG}: clean-up could not remove: {}", left.join(", "));
-        }
-        left.is_empty()
+        cmd::all_removed(instance_paths().into_iter().chain(lab_namespaces()))
     }
 }
 
@@ -410,12 +392,6 @@ impl Drop for DemoLab {
             self.teardown(false);
         }
     }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// What instance `demo` may leave: endpoint namespaces, resolv.conf dirs, pins, state, run dir.

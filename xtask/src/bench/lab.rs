@@ -260,32 +260,14 @@ impl Lab {
                 .args(["--instance", INSTANCE, "purge", "--force"]);
             cmd::report_cleanup(&mut purge);
         }
-        for path in instance_paths().into_iter().filter(|p| p.exists()) {
-            if path.starts_with("/run/netns") {
-                cmd::report_cleanup(&mut cmd::command(
-                    "ip",
-                    &["netns", "del", &file_name(&path)],
-                ));
-            } else if let Err(e) = std::fs::remove_dir_all(&path) {
-                eprintln!("{TAG}: clean-up: could not remove {}: {e}", path.display());
-            }
-        }
-        for path in lab_namespaces().into_iter().filter(|p| p.exists()) {
-            cmd::report_cleanup(&mut cmd::command(
-                "ip",
-                &["netns", "del", &file_name(&path)],
-            ));
-        }
-        let left: Vec<String> = instance_paths()
-            .iter()
-            .chain(&lab_namespaces())
+        for path in instance_paths()
+            .into_iter()
+            .chain(lab_namespaces())
             .filter(|p| p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
-        if !left.is_empty() {
-            eprintln!("{TAG}: clean-up could not remove: {}", left.join(", "));
+        {
+            cmd::remove_leftover(&path);
         }
-        left.is_empty()
+        cmd::all_removed(instance_paths().into_iter().chain(lab_namespaces()))
     }
 }
 
@@ -357,12 +339,6 @@ pub fn netpath_processes(bin: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(count)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn endpoint_ns() -> PathBuf {

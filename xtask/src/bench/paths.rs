@@ -656,17 +656,13 @@ impl Lab {
                 cmd::report_cleanup(&mut cmd::command("ip", &["netns", "del", ns]));
             }
         }
-        let left: Vec<String> = netpath_paths()
-            .into_iter()
-            .filter(|_| netpath)
-            .chain(self.names.namespaces().into_iter().map(ns_path))
-            .filter(|p| p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
-        if !left.is_empty() {
-            eprintln!("{TAG}: clean-up could not remove: {}", left.join(", "));
-        }
-        clean && left.is_empty()
+        let gone = cmd::all_removed(
+            netpath_paths()
+                .into_iter()
+                .filter(|_| netpath)
+                .chain(self.names.namespaces().into_iter().map(ns_path)),
+        );
+        clean && gone
     }
 }
 
