@@ -20,7 +20,7 @@ use std::{
 use aya::{EbpfLoader, programs::Program};
 use netpath::{
     EBPF_OBJECT,
-    datapath::{AttachMode, Datapath},
+    datapath::{AttachMode, Datapath, error_chain},
     sys,
 };
 use netpath_common::program_name;
@@ -59,17 +59,6 @@ fn tail(text: &str, n: usize) -> String {
     };
     out.push_str(&lines[skip..].join("\n"));
     out
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 fn kernel() -> String {

@@ -767,7 +767,9 @@ fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and each of its sources, joined with ": " (aya's errors keep the kernel's reason,
+/// e.g. the verifier log, in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

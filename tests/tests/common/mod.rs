@@ -10,7 +10,10 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::SchedClassifier,
 };
-use netpath::datapath::testrun::{SkBuffCtx, TestRunOutput, run_skb_program};
+use netpath::datapath::{
+    error_chain,
+    testrun::{SkBuffCtx, TestRunOutput, run_skb_program},
+};
 use netpath_common::{
     AddrKey, ConntrackEntry, DatapathConfig, EndpointEntry, FAMILY_IPV4, FlowKey, IPPROTO_ICMP,
     IPPROTO_TCP, IPPROTO_UDP, NatEntry, NetworkEntry, UplinkEntry, addr_v4, drop_reason, map_name,
@@ -315,17 +318,6 @@ impl Lab {
         );
         assert_eq!(self.total_drops(), 1, "no other drop reason counted");
     }
-}
-
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 pub fn flow(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, protocol: u8) -> FlowKey {
