@@ -66,19 +66,6 @@ pub fn lookup_v4_in(
     // SAFETY: `params` points at a live, exclusively used scratch slot.
     let params = unsafe { &mut *params };
     zero_in_place(params);
-    fill_and_lookup(ctx, params, ip, src, dst, src_port, dst_port)
-}
-
-#[inline(always)]
-fn fill_and_lookup(
-    ctx: &TcContext,
-    params: &mut bpf_fib_lookup,
-    ip: &Ipv4,
-    src: [u8; 4],
-    dst: [u8; 4],
-    src_port: [u8; 2],
-    dst_port: [u8; 2],
-) -> Route {
     params.family = AF_INET;
     params.l4_protocol = ip.protocol;
     params.sport = u16::from_ne_bytes(src_port);
