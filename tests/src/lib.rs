@@ -16,7 +16,7 @@ use std::{
 };
 
 pub use lab::Lab;
-pub use netns::{Netns, in_netns, ns_links, ns_output};
+pub use netns::{Netns, ifindex, in_netns, ip, ns_links, ns_output};
 pub use traffic::{TcpEchoServer, UdpEchoServer, connect_in, ping, tcp_echo, udp_echo};
 
 /// Longest name [`unique_name`] returns; short enough that `<name>h`, `<name>-<endpoint>` and

@@ -151,3 +151,24 @@ pub fn ns_links(path: &Path) -> Vec<String> {
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect()
 }
+
+/// Runs `ip ARGS` in the calling thread's network namespace (children inherit it) and asserts
+/// it succeeded.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("interface name without NUL");
+    // SAFETY: valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name}");
+    index
+}

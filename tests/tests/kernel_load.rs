@@ -24,7 +24,7 @@ use netpath::{
     sys,
 };
 use netpath_common::program_name;
-use netpath_tests::{bpffs_pin_dir, unique_name};
+use netpath_tests::{bpffs_pin_dir, ifindex, ip, unique_name};
 
 /// The kernel from which the cgroup programs must load (README: host-local published ports).
 const CGROUP_PROGRAMS_FROM: (u32, u32) = (5, 14);
@@ -142,26 +142,6 @@ impl Drop for Cleanup {
             let _ = fs::remove_dir_all(dir);
         }
     }
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).expect("interface name");
-    // SAFETY: valid NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name}");
-    i
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

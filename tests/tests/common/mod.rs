@@ -3,7 +3,7 @@
 //! checksum verifier written independently of the datapath.
 #![allow(dead_code)]
 
-use std::{ffi::CString, os::fd::AsFd as _, process::Command};
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -81,26 +81,13 @@ pub fn in_private_netns(test: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Runs `ip ARGS` (in the calling thread's namespace: children inherit it).
+/// Runs `ip ARGS`, the arguments as one space-separated string (in the calling thread's
+/// namespace: children inherit it).
 pub fn ip(args: &str) {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    netpath_tests::ip(&args.split_whitespace().collect::<Vec<_>>());
 }
 
-pub fn ifindex(name: &str) -> u32 {
-    let c = CString::new(name).unwrap();
-    // SAFETY: valid NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(index, 0, "no interface {name}");
-    index
-}
+pub use netpath_tests::ifindex;
 
 pub fn mac_str(mac: [u8; 6]) -> String {
     mac.iter()
