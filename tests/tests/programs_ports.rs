@@ -92,6 +92,14 @@ fn publish_a(lab: &mut Lab) {
     publish(lab, UPLINK_IP, 5353, IPPROTO_UDP, a, 0);
 }
 
+/// A lab with the host's addresses known and A's ports published ([`publish_a`]).
+fn published_lab() -> Lab {
+    let mut lab = new_lab();
+    host_addrs(&mut lab);
+    publish_a(&mut lab);
+    lab
+}
+
 fn tcp_from_lan(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let spec = Ipv4Spec::new(src, dst, IPPROTO_TCP);
     ethernet(
@@ -156,9 +164,7 @@ fn assert_into_a(out: &TestRunOutput, src: [u8; 4], sport: u16) -> Parsed {
 #[test]
 fn tcp_to_a_wildcard_port_is_translated_and_recorded() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         let frame = tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN);
         let out = lab.from_uplink(&frame);
         let p = assert_into_a(&out, REMOTE, CLIENT_PORT);
@@ -220,9 +226,7 @@ fn tcp_to_a_wildcard_port_is_translated_and_recorded() {
 #[test]
 fn udp_to_an_exact_key_is_translated_with_valid_checksums() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         let out = lab.from_uplink(&udp_from_lan(UPLINK_IP, 5353));
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
@@ -263,9 +267,7 @@ fn udp_to_an_exact_key_is_translated_with_valid_checksums() {
 #[test]
 fn tcp_with_ip_options_is_translated() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         let mut spec = Ipv4Spec::new(REMOTE, UPLINK_IP, IPPROTO_TCP);
         spec.options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL: IHL 6
         let frame = ethernet(
@@ -285,9 +287,7 @@ fn tcp_with_ip_options_is_translated() {
 #[test]
 fn established_flow_outlives_unpublish_but_new_flows_do_not() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let mut lab = published_lab();
         let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
         assert_into_a(&out, REMOTE, CLIENT_PORT);
         unpublish(&mut lab, WILDCARD, 8080, IPPROTO_TCP);
@@ -311,9 +311,7 @@ fn established_flow_outlives_unpublish_but_new_flows_do_not() {
 #[test]
 fn unpublished_port_and_transit_traffic_pass_untouched() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         for frame in [
             tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 9999, TCP_SYN),
             // Published port number, but the host is only a router for this destination.
@@ -399,9 +397,7 @@ fn host_only_entries_never_match_from_the_uplink() {
 #[test]
 fn first_fragment_for_a_published_port_is_dropped() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         let mut spec = Ipv4Spec::new(REMOTE, UPLINK_IP, IPPROTO_UDP);
         spec.frag = 0x2000; // MF, offset 0
         let l4 = udp(&spec, CLIENT_PORT, 5353, b"big", true);
@@ -427,9 +423,7 @@ fn first_fragment_for_a_published_port_is_dropped() {
 #[test]
 fn hairpin_from_a_neighbour_keeps_its_source() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         let out = lab.from_ep(lab.ep_b, &tcp_from(B, UPLINK_IP, 40000, 8080, TCP_SYN));
         assert_into_a(&out, B_IP, 40000);
         assert_eq!(lab.stat(counter::HAIRPIN), 1);
@@ -465,9 +459,7 @@ fn hairpin_from_a_neighbour_keeps_its_source() {
 #[test]
 fn hairpin_from_another_network_is_allowed_like_docker() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         // Through the host's other address, from network 2.
         let out = lab.from_ep(
             lab.ep_c,
@@ -522,9 +514,7 @@ fn hairpin_to_itself_is_translated_through_the_gateway() {
 #[test]
 fn endpoint_traffic_to_unpublished_host_ports_goes_to_the_stack() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let lab = published_lab();
         let frame = tcp_from(B, GW1, 40000, 22, TCP_SYN);
         let out = lab.from_ep(lab.ep_b, &frame);
         assert_eq!(out.retval, TC_ACT_OK);
@@ -543,9 +533,7 @@ fn a_new_syn_restarts_a_flow_whose_reply_entry_another_host_port_took() {
     // Two host ports lead to the same endpoint port, and a client reuses its source port:
     // inside the endpoint both flows are `client:cp -> A:80`, so they share one reply entry.
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let mut lab = published_lab();
         let a = (A_IP, 80, lab.ep_a);
         publish(&mut lab, WILDCARD, 8099, IPPROTO_TCP, a, 0);
         for port in [8080u16, 8099, 8080] {
@@ -567,9 +555,7 @@ fn a_new_syn_restarts_a_flow_whose_reply_entry_another_host_port_took() {
 #[test]
 fn a_new_syn_after_unpublish_is_not_translated_even_on_a_reused_source_port() {
     in_private_netns(|| {
-        let mut lab = new_lab();
-        host_addrs(&mut lab);
-        publish_a(&mut lab);
+        let mut lab = published_lab();
         let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
         assert_into_a(&out, REMOTE, CLIENT_PORT);
         unpublish(&mut lab, WILDCARD, 8080, IPPROTO_TCP);
