@@ -294,11 +294,7 @@ fn hairpin_reaches_own_and_neighbour_published_ports() {
 #[test]
 fn unpublish_stops_new_connections_and_drains_established_ones() {
     let lab = Lab::new();
-    lab.netpath_ok(&["endpoint", "create", "web", "-p", "8080:80"]);
-    let _srv = TcpEchoServer::start(&lab.endpoint_ns("web"), v4(lab.ip_of("web"), 80));
-    let mut live = connect_in(&lab.lan.path, v4(lab.host_uplink_ip, 8080));
-    live.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    roundtrip(&mut live, b"before");
+    let (_srv, mut live) = live_published_connection(&lab);
     lab.netpath_ok(&["unpublish", "8080:web:80"]);
     assert!(ports_of(&lab, "web").is_empty());
     assert!(
@@ -306,6 +302,17 @@ fn unpublish_stops_new_connections_and_drains_established_ones() {
         "new connection after unpublish"
     );
     roundtrip(&mut live, b"established drains");
+}
+
+/// Endpoint `web` with port 80 published as 8080 and an echo server, and a LAN connection to
+/// it that has already carried one round trip.
+fn live_published_connection(lab: &Lab) -> (TcpEchoServer, std::net::TcpStream) {
+    lab.netpath_ok(&["endpoint", "create", "web", "-p", "8080:80"]);
+    let server = TcpEchoServer::start(&lab.endpoint_ns("web"), v4(lab.ip_of("web"), 80));
+    let mut live = connect_in(&lab.lan.path, v4(lab.host_uplink_ip, 8080));
+    live.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    roundtrip(&mut live, b"before");
+    (server, live)
 }
 
 fn roundtrip(stream: &mut std::net::TcpStream, msg: &[u8]) {
@@ -420,11 +427,7 @@ impl Drop for DirGuard {
 #[test]
 fn published_traffic_survives_a_netpath_reload_and_endpoint_removal_unpublishes() {
     let lab = Lab::new();
-    lab.netpath_ok(&["endpoint", "create", "web", "-p", "8080:80"]);
-    let _srv = TcpEchoServer::start(&lab.endpoint_ns("web"), v4(lab.ip_of("web"), 80));
-    let mut live = connect_in(&lab.lan.path, v4(lab.host_uplink_ip, 8080));
-    live.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    roundtrip(&mut live, b"before");
+    let (_srv, mut live) = live_published_connection(&lab);
     let version =
         std::path::PathBuf::from(format!("/run/netpath-{}/datapath/version", lab.instance));
     std::fs::remove_file(&version).unwrap();
