@@ -121,10 +121,14 @@ fn redirected(rc: i64) -> bool {
 /// packet without a trace; 6.1 and later deliver it either way.
 #[inline(always)]
 pub fn redirect_peer(ctx: &TcContext, ifindex: u32) -> bool {
-    // SAFETY: `skb` is the context pointer the program was called with. The helper refuses
-    // only types above PACKET_OTHERHOST (loopback, outgoing), which TC ingress never sees;
-    // should it refuse anyway, the packet is not redirected (the caller counts the drop).
-    if unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) } != 0 {
+    // SAFETY: `skb` is the context pointer the program was called with. Most packets (those
+    // that came in addressed to the uplink's MAC) are already PACKET_HOST: no helper call. The
+    // helper refuses only types above PACKET_OTHERHOST (loopback, outgoing), which TC ingress
+    // never sees; should it refuse anyway, the packet is not redirected (the caller counts
+    // the drop).
+    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST
+        && unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) } != 0
+    {
         return false;
     }
     // SAFETY: helper taking plain integers.
