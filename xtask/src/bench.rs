@@ -15,6 +15,7 @@ mod lab;
 mod load;
 mod memory;
 mod paths;
+mod prog_cost;
 mod report;
 mod scale_iptables;
 mod traffic;

@@ -9,7 +9,9 @@
 //! container on CPU 0: TCP stream throughput (iperf3), TCP request/response rate with p50/p99
 //! round-trip time (sockperf ping-pong), new TCP connections per second (`traffic.rs`), UDP
 //! 64-byte datagrams per second received by the server (iperf3); and container to container
-//! request/response, netpath against a plain Linux bridge. Writes target/bench/compare.md,
+//! request/response, netpath against a plain Linux bridge. Both request/response tests run a
+//! second time with the client on the server's CPU: a diagnostic without a target, where no
+//! wake-up crosses CPUs and the paths' own cost shows. Writes target/bench/compare.md,
 //! .json and .svg (compare-quick.* for --quick) and prints the ratios last, with the issue's
 //! targets as met or not met.
 use std::{
@@ -29,6 +31,7 @@ use super::{
     lab::{INTERRUPTED, check_interrupt},
     load,
     paths::{self, CONTAINER_IPS, Lab, PathKind, Tools},
+    prog_cost::{self, ProgramCost},
     report::{Machine, Summary},
     traffic::{self, AcceptServer},
 };
@@ -132,25 +135,52 @@ pub enum Metric {
     C2cRr,
     C2cP50,
     C2cP99,
+    /// Diagnostics without a target: request/response with the client on the server's CPU,
+    /// where no wake-up crosses CPUs and the datapath's own cost shows.
+    TcpRrOneCpu,
+    C2cRrOneCpu,
 }
 
 impl Metric {
-    const PUBLISHED: [Metric; 6] = [
+    const PUBLISHED: [Metric; 7] = [
         Metric::TcpStream,
         Metric::TcpRr,
         Metric::TcpRrP50,
         Metric::TcpRrP99,
+        Metric::TcpRrOneCpu,
         Metric::ConnRate,
         Metric::UdpPps,
     ];
-    const C2C: [Metric; 3] = [Metric::C2cRr, Metric::C2cP50, Metric::C2cP99];
-    /// The rates the ratios and targets are about.
-    const RATES: [Metric; 4] = [
+    const C2C: [Metric; 4] = [
+        Metric::C2cRr,
+        Metric::C2cP50,
+        Metric::C2cP99,
+        Metric::C2cRrOneCpu,
+    ];
+    /// The published-port rates the ratios (and, but for the diagnostic, targets) are about.
+    const RATES: [Metric; 5] = [
         Metric::TcpStream,
         Metric::TcpRr,
+        Metric::TcpRrOneCpu,
         Metric::ConnRate,
         Metric::UdpPps,
     ];
+    /// The container-to-container rates, against the plain bridge and Docker's bridge.
+    const C2C_RATES: [Metric; 2] = [Metric::C2cRr, Metric::C2cRrOneCpu];
+    /// Every metric a round measures, in the order it measures them.
+    const MEASURED: [Metric; 7] = [
+        Metric::TcpStream,
+        Metric::TcpRr,
+        Metric::TcpRrOneCpu,
+        Metric::ConnRate,
+        Metric::UdpPps,
+        Metric::C2cRr,
+        Metric::C2cRrOneCpu,
+    ];
+
+    fn is_c2c(self) -> bool {
+        Metric::C2C.contains(&self)
+    }
 
     fn key(self) -> &'static str {
         match self {
@@ -163,6 +193,8 @@ impl Metric {
             Metric::C2cRr => "c2c_tcp_rr_per_s",
             Metric::C2cP50 => "c2c_tcp_rr_rtt_p50_us",
             Metric::C2cP99 => "c2c_tcp_rr_rtt_p99_us",
+            Metric::TcpRrOneCpu => "tcp_rr_one_cpu_per_s",
+            Metric::C2cRrOneCpu => "c2c_tcp_rr_one_cpu_per_s",
         }
     }
 
@@ -177,6 +209,9 @@ impl Metric {
             Metric::C2cRr => "container to container TCP request/response, 64 B",
             Metric::C2cP50 => "  round trip p50",
             Metric::C2cP99 => "  round trip p99",
+            Metric::TcpRrOneCpu | Metric::C2cRrOneCpu => {
+                "  the same, client on the server's CPU (diagnostic: no cross-CPU wake-up)"
+            }
         }
     }
 
@@ -187,6 +222,8 @@ impl Metric {
             Metric::ConnRate => "conn/s",
             Metric::UdpPps => "UDP 64 B pps",
             Metric::C2cRr => "c2c TCP RR",
+            Metric::TcpRrOneCpu => "TCP RR, one CPU",
+            Metric::C2cRrOneCpu => "c2c RR, one CPU",
             Metric::TcpRrP50 | Metric::C2cP50 => "RTT p50",
             Metric::TcpRrP99 | Metric::C2cP99 => "RTT p99",
         }
@@ -195,7 +232,7 @@ impl Metric {
     fn unit(self) -> &'static str {
         match self {
             Metric::TcpStream => "Gbit/s",
-            Metric::TcpRr | Metric::C2cRr => "trans/s",
+            Metric::TcpRr | Metric::C2cRr | Metric::TcpRrOneCpu | Metric::C2cRrOneCpu => "trans/s",
             Metric::TcpRrP50 | Metric::TcpRrP99 | Metric::C2cP50 | Metric::C2cP99 => "µs",
             Metric::ConnRate => "conn/s",
             Metric::UdpPps => "pkt/s",
@@ -247,6 +284,8 @@ struct PathResult {
     udp_received: u64,
     /// netpath only: its path and drop counters after the measurements.
     netpath_stats: Option<String>,
+    /// netpath only: its TC programs' time per run in one more one-CPU request/response run.
+    program_cost: Option<Vec<ProgramCost>>,
 }
 
 impl PathResult {
@@ -261,6 +300,7 @@ impl PathResult {
             udp_sent: 0,
             udp_received: 0,
             netpath_stats: None,
+            program_cost: None,
         }
     }
 
@@ -333,6 +373,13 @@ pub fn compare(
     for mut slot in slots {
         if let Some(mut lab) = slot.lab.take() {
             if lab.kind == PathKind::Netpath && measured.is_ok() {
+                match program_cost(&lab, &plan) {
+                    Ok(costs) => slot.result.program_cost = Some(costs),
+                    Err(e) => slot
+                        .result
+                        .errors
+                        .push(("netpath program cost".into(), format!("{e:#}"))),
+                }
                 match lab.netpath(&["stats"]) {
                     Ok(stats) => slot.result.netpath_stats = Some(stats_summary(&stats)),
                     Err(e) => slot
@@ -395,6 +442,22 @@ pub fn compare(
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// netpath's TC programs, what they cost per run: one more one-CPU request/response run (not
+/// counted in the table) with the kernel's BPF run-time statistics on. Every packet of that
+/// round trip runs one of them once (the client's on the uplink, the endpoint's on its veth).
+fn program_cost(lab: &Lab, plan: &Plan) -> anyhow::Result<Vec<ProgramCost>> {
+    let t = Targets::of(lab);
+    println!(
+        "# netpath's programs: one more one-CPU request/response run with BPF run-time \
+         statistics on (not counted above)"
+    );
+    let costs = prog_cost::measure(&paths::netpath_pins(), &["np_uplink", "np_from_ep"], || {
+        ping_pong(&t.lan, t.rr, plan, SERVER_CPU).map(drop)
+    })?;
+    println!("#   {}", prog_cost::describe(&costs));
+    Ok(costs)
 }
 
 /// One path: its lab while it stands, and what it measured.
@@ -596,19 +659,13 @@ fn rounds(parts: &mut [Part<'_>], plan: &Plan) -> anyhow::Result<()> {
                 .join(", ")
         );
         let mut lines: Vec<Vec<String>> = vec![Vec::new(); count];
-        for metric in [
-            Metric::TcpStream,
-            Metric::TcpRr,
-            Metric::ConnRate,
-            Metric::UdpPps,
-            Metric::C2cRr,
-        ] {
+        for metric in Metric::MEASURED {
             for &i in &order {
                 let (result, lab, t) = &mut parts[i];
                 let (Some(lab), Some(t)) = (lab, t) else {
                     continue;
                 };
-                if metric == Metric::C2cRr && !measures_c2c(lab.kind) {
+                if metric.is_c2c() && !measures_c2c(lab.kind) {
                     continue;
                 }
                 measure_one(result, lab, t, metric, plan, &mut lines[i])?;
@@ -653,7 +710,7 @@ fn measure_one(
             Ok(format!("stream {:.2} Gbit/s", bps / 1e9))
         }),
         Metric::TcpRr => attempt(result, Metric::TcpRr, line, |r| {
-            let pp = ping_pong(&t.lan, t.rr, plan)?;
+            let pp = ping_pong(&t.lan, t.rr, plan, CLIENT_CPU)?;
             r.push(Metric::TcpRr, pp.per_second);
             r.push(Metric::TcpRrP50, pp.p50_us);
             r.push(Metric::TcpRrP99, pp.p99_us);
@@ -661,6 +718,11 @@ fn measure_one(
                 "RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
                 pp.per_second, pp.p50_us, pp.p99_us
             ))
+        }),
+        Metric::TcpRrOneCpu => attempt(result, Metric::TcpRrOneCpu, line, |r| {
+            let pp = ping_pong(&t.lan, t.rr, plan, SERVER_CPU)?;
+            r.push(Metric::TcpRrOneCpu, pp.per_second);
+            Ok(format!("RR on one CPU {:.0}/s", pp.per_second))
         }),
         Metric::ConnRate => attempt(result, Metric::ConnRate, line, |r| {
             let run = traffic::connect_loop(
@@ -708,7 +770,7 @@ fn measure_one(
             let ctr2 = paths::ns_path(&lab.names.ctr[1]);
             let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
             attempt(result, Metric::C2cRr, line, |r| {
-                let pp = ping_pong(&ctr2, target, plan)?;
+                let pp = ping_pong(&ctr2, target, plan, CLIENT_CPU)?;
                 r.push(Metric::C2cRr, pp.per_second);
                 r.push(Metric::C2cP50, pp.p50_us);
                 r.push(Metric::C2cP99, pp.p99_us);
@@ -719,6 +781,15 @@ fn measure_one(
                     pp.p50_us,
                     pp.p99_us
                 ))
+            })
+        }
+        Metric::C2cRrOneCpu => {
+            let ctr2 = paths::ns_path(&lab.names.ctr[1]);
+            let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
+            attempt(result, Metric::C2cRrOneCpu, line, |r| {
+                let pp = ping_pong(&ctr2, target, plan, SERVER_CPU)?;
+                r.push(Metric::C2cRrOneCpu, pp.per_second);
+                Ok(format!("c2c RR on one CPU {:.0}/s", pp.per_second))
             })
         }
         _ => Ok(()),
@@ -793,10 +864,12 @@ fn udp_flood(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<lo
     load::parse_iperf3_udp(&text)
 }
 
+/// sockperf ping-pong from `client_ns` to `target`, the client pinned to `cpu`.
 fn ping_pong(
     client_ns: &Path,
     target: SocketAddrV4,
     plan: &Plan,
+    cpu: usize,
 ) -> anyhow::Result<load::PingPong> {
     let (ip, port, secs) = (
         target.ip().to_string(),
@@ -806,7 +879,7 @@ fn ping_pong(
     let limit = Duration::from_secs(u64::from(plan.sockperf_seconds) + 10);
     let out = load::run_client(
         client_ns,
-        CLIENT_CPU,
+        cpu,
         "sockperf",
         &[
             "ping-pong",
@@ -952,10 +1025,12 @@ impl Report {
                 .collect()
             })
             .collect();
-        rows.push(vec![
-            self.ratio(Metric::C2cRr, PathKind::Routed),
-            self.ratio(Metric::C2cRr, PathKind::Iptables),
-        ]);
+        for m in Metric::C2C_RATES {
+            rows.push(vec![
+                self.ratio(m, PathKind::Routed),
+                self.ratio(m, PathKind::Iptables),
+            ]);
+        }
         rows
     }
 
@@ -963,7 +1038,7 @@ impl Report {
     fn verdicts(&self) -> Vec<(Metric, f64, Option<f64>, bool)> {
         Metric::RATES
             .iter()
-            .chain(&[Metric::C2cRr])
+            .chain(&Metric::C2C_RATES)
             .filter_map(|&m| {
                 let target = m.target()?;
                 let ratio = self.ratio(m, PathKind::Routed).value;
@@ -1017,7 +1092,7 @@ impl Report {
             out,
             "{} · Linux {} · {} ({} CPUs) · netpath {} · mode {} · {} repeats (iperf3 {} s, \
              sockperf {} s, connect loops {} s) · servers on CPU {SERVER_CPU}, clients on CPU \
-             {CLIENT_CPU}\n",
+             {CLIENT_CPU} (one-CPU rows: on CPU {SERVER_CPU} too)\n",
             m.date,
             m.kernel,
             m.cpu_model,
@@ -1104,6 +1179,15 @@ impl Report {
                     100.0 * r.udp_received as f64 / r.udp_sent as f64
                 );
             }
+            if let Some(costs) = &r.program_cost {
+                let _ = writeln!(
+                    out,
+                    "- netpath's TC programs, in one more one-CPU request/response run after the \
+                     rounds with the kernel's BPF run-time statistics on (not in the tables): {}; \
+                     every packet of a round trip runs one of them",
+                    prog_cost::describe(costs)
+                );
+            }
             if let Some(drops) = &r.netpath_stats {
                 let _ = writeln!(
                     out,
@@ -1147,19 +1231,27 @@ impl Report {
             }
             out.push('\n');
         }
-        let c2c = &rows[Metric::RATES.len()];
+        out.push('\n');
+        for c2c in &rows[Metric::RATES.len()..] {
+            let _ = writeln!(
+                out,
+                "{}: netpath/plain bridge {}, netpath/bridge+br_netfilter+iptables {}",
+                c2c[0].metric.short(),
+                shown(&c2c[0]),
+                shown(&c2c[1])
+            );
+        }
         let _ = writeln!(
             out,
-            "\nContainer to container TCP RR: netpath/plain bridge {}, netpath/bridge+br_netfilter+iptables {}\n",
-            shown(&c2c[0]),
-            shown(&c2c[1])
+            "\nThe one-CPU rows are diagnostics with no target: the client runs on the server's \
+             CPU, so no wake-up crosses CPUs and the round trip is mostly the paths' own work.\n"
         );
         let _ = writeln!(
             out,
             "Targets (issue 6; published port vs routed, c2c vs plain bridge):\n"
         );
         for (metric, target, ratio, met) in self.verdicts() {
-            let against = if metric == Metric::C2cRr {
+            let against = if metric.is_c2c() {
                 "netpath/plain bridge"
             } else {
                 "netpath/routed"
@@ -1203,12 +1295,16 @@ impl Report {
                 target: row[0].metric.target(),
             })
             .collect();
-        let c2c = &rows[Metric::RATES.len()];
-        groups.push(Group {
-            label: "c2c TCP RR\nvs plain bridge (blue),\nvs Docker's bridge (orange)".into(),
-            values: vec![c2c[0].value, c2c[1].value],
-            target: Metric::C2cRr.target(),
-        });
+        for c2c in &rows[Metric::RATES.len()..] {
+            groups.push(Group {
+                label: format!(
+                    "{}\nblue: plain bridge,\norange: Docker's",
+                    c2c[0].metric.short()
+                ),
+                values: vec![c2c[0].value, c2c[1].value],
+                target: c2c[0].metric.target(),
+            });
+        }
         chart::ratio_chart(
             &format!(
                 "netpath vs the Linux paths it replaces ({}, {})",
@@ -1257,6 +1353,12 @@ impl Report {
                         "failed_connects": r.failed_connects,
                         "udp_datagrams": { "sent": r.udp_sent, "received": r.udp_received },
                         "netpath_stats": r.netpath_stats,
+                        "program_ns_per_run": r.program_cost.as_ref().map(|costs| {
+                            costs
+                                .iter()
+                                .map(|c| (c.name.clone(), json!({ "runs": c.runs, "ns_per_run": c.ns_per_run })))
+                                .collect::<serde_json::Map<_, _>>()
+                        }),
                     }),
                 )
             })
@@ -1273,7 +1375,7 @@ impl Report {
             .verdicts()
             .into_iter()
             .map(|(metric, target, ratio, met)| {
-                json!({ "metric": metric.key(), "against": if metric == Metric::C2cRr { "plain_bridge" } else { "routed" },
+                json!({ "metric": metric.key(), "against": if metric.is_c2c() { "plain_bridge" } else { "routed" },
                         "target": target, "ratio": ratio, "met": met })
             })
             .collect();
@@ -1345,12 +1447,20 @@ mod tests {
                 (Metric::C2cRr, 30000.0 * scale),
                 (Metric::C2cP50, 30.0 / scale),
                 (Metric::C2cP99, 60.0 / scale),
+                (Metric::TcpRrOneCpu, 50000.0 * scale),
+                (Metric::C2cRrOneCpu, 60000.0 * scale),
             ]
         };
         let mut proxy = result(PathKind::Proxy, &rates(0.5)[..3]);
         proxy
             .errors
             .push((Metric::UdpPps.key().into(), "timed out".into()));
+        let mut netpath = result(PathKind::Netpath, &rates(1.2));
+        netpath.program_cost = Some(vec![ProgramCost {
+            name: "np_uplink".into(),
+            runs: 1000,
+            ns_per_run: 512.0,
+        }]);
         Report {
             machine: machine(),
             plan: Plan::new(Options {
@@ -1364,7 +1474,7 @@ mod tests {
                 proxy: "socat".into(),
             },
             results: vec![
-                result(PathKind::Netpath, &rates(1.2)),
+                netpath,
                 result(PathKind::Routed, &rates(1.0)),
                 result(PathKind::Iptables, &rates(0.8)),
                 result(PathKind::Nftables, &rates(0.9)),
@@ -1389,7 +1499,7 @@ mod tests {
         assert_eq!(r.ratio(Metric::UdpPps, PathKind::Proxy).value, None);
         let verdicts = r.verdicts();
         assert_eq!(verdicts.len(), 5);
-        // 1.2x meets every target except c2c's 1.3x.
+        // 1.2x meets every target except c2c's 1.3x; the one-CPU diagnostics have none.
         for (metric, _, ratio, met) in verdicts {
             assert_eq!(met, metric != Metric::C2cRr, "{metric:?} {ratio:?}");
         }
@@ -1420,6 +1530,22 @@ mod tests {
         assert!(md.contains("the nf_tables backend"), "{md}");
         assert!(md.contains("measured interleaved, round-robin"), "{md}");
         assert!(md.contains("root cgroup"), "{md}");
+        assert!(
+            md.contains(
+                "c2c RR, one CPU: netpath/plain bridge 1.20x, \
+                 netpath/bridge+br_netfilter+iptables 1.50x"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| TCP RR, one CPU | 1.20x | 1.50x | 1.33x | n/a |"),
+            "{md}"
+        );
+        assert!(!md.contains("MET: TCP RR, one CPU"), "{md}");
+        assert!(
+            md.contains("statistics on (not in the tables): np_uplink 512 ns per run (1000 runs)"),
+            "{md}"
+        );
     }
 
     #[test]
@@ -1439,6 +1565,10 @@ mod tests {
             json!(null)
         );
         assert_eq!(js["verdicts"].as_array().map(Vec::len), Some(5));
+        assert_eq!(
+            js["paths"]["netpath"]["program_ns_per_run"]["np_uplink"]["ns_per_run"],
+            json!(512.0)
+        );
         assert!(report().svg().contains("</svg>"));
     }
 

@@ -844,11 +844,16 @@ pub fn remove_leftovers(bin: &Path, files: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where netpath instance `cmp` pins its programs and maps.
+pub fn netpath_pins() -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/netpath-{INSTANCE}"))
+}
+
 /// What netpath instance `cmp` may leave: pins, state, run dir, config dir, and the
 /// namespaces and resolv.conf dirs it names after its endpoints.
 fn netpath_paths() -> Vec<PathBuf> {
     let mut paths = vec![
-        PathBuf::from(format!("/sys/fs/bpf/netpath-{INSTANCE}")),
+        netpath_pins(),
         PathBuf::from(format!("/var/lib/netpath-{INSTANCE}")),
         PathBuf::from(format!("/run/netpath-{INSTANCE}")),
     ];
