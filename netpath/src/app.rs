@@ -1,7 +1,10 @@
 //! Owns one command's session with an instance: the checks that must pass before anything is
 //! touched, the instance lock, the store, the host config, the netlink session in the served
 //! namespace, and the datapath (loaded or adopted, uplinks attached). Commands borrow it.
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use netpath_common::{
     DatapathConfig, EndpointEntry, FAMILY_IPV4, NetworkEntry, UplinkEntry, addr_v4, network_flags,
@@ -30,6 +33,16 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The instance's state belongs to another network namespace than this command's.
+    #[error("{}", served_elsewhere(.instance, *.served, *.here, .location.as_deref()))]
+    ServedElsewhere {
+        instance: String,
+        /// nsfs inode of the namespace the instance serves, and of this one.
+        served: u64,
+        here: u64,
+        /// Where the served namespace can be entered; `None` when it is gone.
+        location: Option<PathBuf>,
+    },
     #[error(transparent)]
     Sys(#[from] SysError),
     #[error(transparent)]
@@ -56,6 +69,26 @@ pub enum AppError {
 }
 
 pub type Result<T> = std::result::Result<T, AppError>;
+
+/// The message of [`AppError::ServedElsewhere`]: where to run instead, or, when the served
+/// namespace is gone, how to clear what the instance left.
+fn served_elsewhere(instance: &str, served: u64, here: u64, location: Option<&Path>) -> String {
+    match location {
+        Some(path) => format!(
+            "instance {instance} serves another network namespace ({}, inode {served}; this one \
+             is {here}): run it there (`nsenter --net={} netpath --instance {instance} …`) or \
+             pick another --instance",
+            path.display(),
+            path.display()
+        ),
+        None => format!(
+            "instance {instance} served another network namespace (inode {served}; this one is \
+             {here}), which no longer exists (no /run/netns name or process holds it): \
+             `netpath --instance {instance} purge --force` removes what it left (endpoint \
+             namespaces, pins, state); or pick another --instance"
+        ),
+    }
+}
 
 /// Meta key recording which network namespace (by nsfs inode) the instance serves.
 const META_NETNS: &str = "netns_inode";
@@ -84,15 +117,18 @@ impl App {
             None => HostConfig::load_optional(&instance.config_path())?,
         };
         let store = Store::open(&instance.store_path())?;
-        let here = sys::current_netns_id()?.to_string();
+        let here_id = sys::current_netns_id()?;
+        let here = here_id.to_string();
         match store.meta(META_NETNS)? {
             Some(served) if served != here => {
-                return Err(AppError::Conflict(format!(
-                    "instance {} serves another network namespace (inode {served}, this is {here}); \
-                     run it there, pick another --instance, or `netpath --instance {} purge --force` first",
-                    instance.name(),
-                    instance.name()
-                )));
+                // An unreadable record names no namespace that could still exist.
+                let served = served.parse::<u64>().unwrap_or(0);
+                return Err(AppError::ServedElsewhere {
+                    instance: instance.name().to_string(),
+                    served,
+                    here: here_id,
+                    location: sys::find_netns(served),
+                });
             }
             Some(_) => {}
             None => store.write(|tx| tx.set_meta(META_NETNS, &here))?,

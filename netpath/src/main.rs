@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use netpath::{
-    app::App,
+    app::{App, AppError},
     cli::{Cli, Command, EndpointCommand, NetworkCommand},
     commands::{bridge_attach, endpoint, inspect, network, publish, reconcile},
     instance::Instance,
@@ -29,7 +29,6 @@ fn run(cli: Cli) -> anyhow::Result<String> {
     if let Command::Daemon { interval } = cli.command {
         return daemon(&cli, interval);
     }
-    let mut app = App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone())?;
     if let Command::Purge { force } = cli.command {
         if !force {
             anyhow::bail!(
@@ -37,8 +36,14 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 cli.instance
             );
         }
-        let notes = reconcile::purge(&mut app)?;
-        drop(app);
+        let notes = match App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone()) {
+            Ok(mut app) => reconcile::purge(&mut app)?,
+            // The namespace it served is gone: clear what it left outside it.
+            Err(AppError::ServedElsewhere { location: None, .. }) => {
+                reconcile::purge_left_behind(&Instance::new(&cli.instance)?)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let instance = Instance::new(&cli.instance)?;
         for dir in [instance.state_dir(), instance.run_dir()] {
             if dir.exists() {
@@ -47,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         }
         return Ok(notes.join("\n") + if notes.is_empty() { "" } else { "\n" });
     }
+    let mut app = App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone())?;
     let mutating = !matches!(
         cli.command,
         Command::Stats

@@ -151,6 +151,34 @@ pub fn current_netns_id() -> Result<u64, SysError> {
         .ino())
 }
 
+/// Where the network namespace with inode `id` can still be entered: a name under
+/// `/run/netns` (preferred), else `/proc/PID/ns/net` of a process in it; `None` when neither
+/// holds it (it is gone, or only a bind mount elsewhere keeps it).
+pub fn find_netns(id: u64) -> Option<PathBuf> {
+    // Every namespace file lives on the one nsfs: match its device too, so a plain file in
+    // /run/netns with the same inode number is not taken for the namespace.
+    let nsfs = fs::metadata("/proc/self/ns/net").ok()?.dev();
+    let is_it = |path: &Path| fs::metadata(path).is_ok_and(|m| m.dev() == nsfs && m.ino() == id);
+    let named = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path());
+    let held = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|entry| entry.path().join("ns/net"));
+    named.chain(held).find(|path| is_it(path))
+}
+
 /// An exclusive per-instance lock, held for the whole command so two netpath commands never
 /// interleave their changes. Released when dropped (or when the process dies).
 pub struct InstanceLock {

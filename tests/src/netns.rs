@@ -69,7 +69,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        delete_netns(&self.name);
+        // A test may have deleted it on purpose (e.g. a host namespace that goes away).
+        if self.path.exists() {
+            delete_netns(&self.name);
+        }
     }
 }
 

@@ -228,7 +228,104 @@ fn two_instances_serve_two_hosts_side_by_side() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another network namespace"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another network namespace"), "{err}");
+    // It says where the instance's namespace is and how to run there.
+    assert!(
+        err.contains(&format!("nsenter --net={}", one.host.path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn purge_clears_an_instance_whose_host_namespace_is_gone() {
+    let lab = Lab::new();
+    lab.netpath_ok(&["endpoint", "create", "web"]);
+    lab.netpath_ok(&["publish", "18080:web:80"]);
+    let endpoint_ns = lab.endpoint_ns("web");
+    assert!(endpoint_ns.exists());
+    // The links holding netpath's programs on the root cgroup (Linux >= 5.14 only).
+    let cgroup_links: Vec<String> = std::fs::read_dir(lab.pin_dir().join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("@cgroup"))
+        .map(|pin| {
+            let out = Command::new("bpftool")
+                .args(["link", "show", "pinned"])
+                .arg(&pin)
+                .arg("--json")
+                .output()
+                .unwrap();
+            let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            shown["id"].as_u64().expect("link id").to_string()
+        })
+        .collect();
+    let elsewhere = Netns::new(&unique_name("pg"));
+    let purge_from_elsewhere = || {
+        Command::new("nsenter")
+            .arg(format!("--net={}", elsewhere.path.display()))
+            .arg(netpath_bin())
+            .args(["--instance", &lab.instance, "purge", "--force"])
+            .output()
+            .unwrap()
+    };
+    // While the host namespace exists, a purge from elsewhere is refused, pointing there.
+    let out = purge_from_elsewhere();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("nsenter --net={}", lab.host.path.display())),
+        "{err}"
+    );
+    assert!(lab.pin_dir().exists() && endpoint_ns.exists());
+
+    // The host namespace goes away (its bridge, veths and attachments with it).
+    let del = Command::new("ip")
+        .args(["netns", "del", &lab.host.name])
+        .output()
+        .unwrap();
+    assert!(del.status.success());
+    let err = refusal_in(&elsewhere, &lab.instance);
+    assert!(err.contains("which no longer exists"), "{err}");
+    assert!(err.contains("purge --force"), "{err}");
+
+    let out = purge_from_elsewhere();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("removed endpoint web"), "{said}");
+    assert!(!endpoint_ns.exists(), "endpoint namespace left");
+    assert!(!lab.pin_dir().exists(), "pins left");
+    for dir in ["/var/lib/netpath", "/run/netpath"] {
+        let dir = format!("{dir}-{}", lab.instance);
+        assert!(!std::path::Path::new(&dir).exists(), "{dir} left");
+    }
+    for id in cgroup_links {
+        let out = Command::new("bpftool")
+            .args(["link", "show", "id", &id])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "cgroup link {id} still exists after the purge"
+        );
+    }
+}
+
+/// What another command of `instance` says when run in `ns`, which it does not serve.
+fn refusal_in(ns: &Netns, instance: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path.display()))
+        .arg(netpath_bin())
+        .args(["--instance", instance, "endpoint", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

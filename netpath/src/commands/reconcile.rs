@@ -6,10 +6,13 @@ use std::collections::BTreeSet;
 use netpath_common::program_name;
 
 use crate::{
-    app::{App, Result, is_netpath_device},
+    app::{App, AppError, Result, is_netpath_device},
     commands::{endpoint, network, publish},
+    instance::Instance,
     model::Lifecycle,
     netns,
+    store::Store,
+    sys,
 };
 
 /// Meta key set while a changing command runs and cleared when it succeeds: found set, the
@@ -196,8 +199,42 @@ pub fn purge(app: &mut App) -> Result<Vec<String>> {
         }
         dp.detach_all_cgroup()?;
     }
-    if !app.instance.is_default() {
-        let prefix = format!("{}-", app.instance.name());
+    remove_outside_namespaces(&app.instance, &mut notes)?;
+    Ok(notes)
+}
+
+/// `purge --force` when the network namespace the instance served no longer exists
+/// ([`AppError::ServedElsewhere`] without a location): the bridges, veths and TC attachments
+/// netpath made went with it, and nothing in this namespace is the instance's to touch.
+/// Removes what lives outside any one namespace: the endpoint namespaces netpath created (and
+/// their resolv.conf directories) and the pins, which releases the cgroup programs. The caller
+/// removes the state and run directories.
+pub fn purge_left_behind(instance: &Instance) -> Result<Vec<String>> {
+    let _lock = sys::InstanceLock::acquire(&instance.run_dir(), instance.name())?;
+    let store = Store::open(&instance.store_path())?;
+    let mut notes = vec![format!(
+        "the network namespace instance {} served is gone, with the bridges, veths and \
+         attachments netpath made there",
+        instance.name()
+    )];
+    for ep in store.endpoints()? {
+        if ep.netns_owned {
+            let _ = netns::remove(&ep.netns);
+            if let Some(dir) = instance.resolv_conf_path(&ep.name).parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        notes.push(format!("removed endpoint {}", ep.name));
+    }
+    remove_outside_namespaces(instance, &mut notes)?;
+    Ok(notes)
+}
+
+/// The last steps of both purges: a non-default instance's leftover namespaces (named with
+/// its prefix) and its pins.
+fn remove_outside_namespaces(instance: &Instance, notes: &mut Vec<String>) -> Result<()> {
+    if !instance.is_default() {
+        let prefix = format!("{}-", instance.name());
         if let Ok(dir) = std::fs::read_dir("/run/netns") {
             for entry in dir.flatten() {
                 if entry.file_name().to_string_lossy().starts_with(&prefix) {
@@ -206,13 +243,13 @@ pub fn purge(app: &mut App) -> Result<Vec<String>> {
             }
         }
     }
-    let pins = app.instance.pin_dir();
+    let pins = instance.pin_dir();
     if pins.exists() {
-        std::fs::remove_dir_all(&pins).map_err(|source| crate::app::AppError::Io {
+        std::fs::remove_dir_all(&pins).map_err(|source| AppError::Io {
             what: format!("remove {}", pins.display()),
             source,
         })?;
         notes.push(format!("removed pins {}", pins.display()));
     }
-    Ok(notes)
+    Ok(())
 }
