@@ -59,10 +59,10 @@ pub fn require_shared_mount_namespace() -> Result<(), SysError> {
         "/proc/1/ns/mnt".to_string(),
     ] {
         // Unreadable (e.g. PID 1 in a sandbox): nothing to compare against.
-        if let Ok(m) = fs::metadata(&other) {
-            if m.ino() != mine {
-                return Err(SysError::PrivateMountNamespace);
-            }
+        if let Ok(m) = fs::metadata(&other)
+            && m.ino() != mine
+        {
+            return Err(SysError::PrivateMountNamespace);
         }
     }
     Ok(())

@@ -39,7 +39,7 @@ fn same_network_is_redirected_to_the_peer_endpoint() {
     in_private_netns(|| {
         let lab = Lab::new();
         let frame = tcp_frame_from_a(B_IP, 40000, 8080, TCP_SYN);
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         assert_eq!(lab.stat(counter::FORWARDED_LOCAL), 1);
         assert_eq!(lab.stat(counter::PASSED_TO_STACK), 0);
@@ -54,7 +54,7 @@ fn same_network_is_redirected_to_the_peer_endpoint() {
 fn other_network_is_dropped_even_through_the_gateway_mac() {
     in_private_netns(|| {
         let lab = Lab::new();
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(C_IP, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(C_IP, 40000, 80, TCP_SYN));
         lab.assert_dropped(&out, drop_reason::NETWORK_ISOLATION);
         assert_eq!(lab.stat(counter::FORWARDED_LOCAL), 0);
     });
@@ -68,7 +68,7 @@ fn icc_disabled_drops_endpoint_to_endpoint() {
             NET1,
             network_flags::MASQUERADE | network_flags::ICC_DISABLED,
         );
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(B_IP, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(B_IP, 40000, 80, TCP_SYN));
         lab.assert_dropped(&out, drop_reason::ICC_DISABLED);
     });
 }
@@ -78,10 +78,10 @@ fn internal_network_reaches_only_its_gateway() {
     in_private_netns(|| {
         let mut lab = Lab::new();
         lab.set_network_flags(NET1, network_flags::INTERNAL);
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(GW1, 40000, 53, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(GW1, 40000, 53, TCP_SYN));
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(lab.stat(counter::PASSED_TO_STACK), 1);
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         lab.assert_dropped(&out, drop_reason::INTERNAL_NETWORK);
         assert!(lab.nat_entries().is_empty());
     });
@@ -93,7 +93,7 @@ fn spoofed_source_mac_is_dropped() {
         let lab = Lab::new();
         let mut frame = tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN);
         frame[6..12].copy_from_slice(&B_MAC);
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         lab.assert_dropped(&out, drop_reason::SPOOFED_MAC);
     });
 }
@@ -109,7 +109,7 @@ fn spoofed_source_ip_is_dropped() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, 1, 80, TCP_SYN, b"")),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         lab.assert_dropped(&out, drop_reason::SPOOFED_IP);
     });
 }
@@ -118,7 +118,7 @@ fn spoofed_source_ip_is_dropped() {
 fn unknown_veth_is_dropped() {
     in_private_netns(|| {
         let lab = Lab::new();
-        let out = lab.from_ep(lab.stranger, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.stranger, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         lab.assert_dropped(&out, drop_reason::UNKNOWN_ENDPOINT);
     });
 }
@@ -133,11 +133,11 @@ fn arp_and_ipv6_go_to_the_bridge() {
         arp.extend_from_slice(&[0; 6]);
         arp.extend_from_slice(&GW1);
         let frame = ethernet([0xff; 6], A_MAC, ETH_P_ARP, &arp);
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame, "ARP must pass untouched");
         let ipv6 = ethernet([0x33, 0x33, 0, 0, 0, 1], A_MAC, 0x86dd, &[0x60; 40]);
-        let out = lab.from_ep(lab.ep_a, &ipv6);
+        let out = lab.run_from_ep(lab.ep_a, &ipv6);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(lab.stat(counter::PASSED_TO_STACK), 2);
         assert_eq!(lab.total_drops(), 0);
@@ -167,35 +167,35 @@ fn malformed_frames_are_dropped_without_harm() {
         assert_eq!(lab.total_drops(), 0);
 
         // A bare IPv4 header whose total length promises the TCP segment too.
-        let out = lab.from_ep(lab.ep_a, &good[..34]);
+        let out = lab.run_from_ep(lab.ep_a, &good[..34]);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::MALFORMED), 1);
 
         // Version 6 in an IPv4 frame.
         let mut bad = good.clone();
         bad[14] = 0x65;
-        let out = lab.from_ep(lab.ep_a, &bad);
+        let out = lab.run_from_ep(lab.ep_a, &bad);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::MALFORMED), 2);
 
         // IHL 4 (< 5).
         let mut bad = good.clone();
         bad[14] = 0x44;
-        let out = lab.from_ep(lab.ep_a, &bad);
+        let out = lab.run_from_ep(lab.ep_a, &bad);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::MALFORMED), 3);
 
         // IHL 15 (60 bytes) on a packet whose IP part is 45 bytes.
         let mut bad = good.clone();
         bad[14] = 0x4f;
-        let out = lab.from_ep(lab.ep_a, &bad);
+        let out = lab.run_from_ep(lab.ep_a, &bad);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::MALFORMED), 4);
 
         // Total length beyond the packet.
         let mut bad = good.clone();
         bad[16..18].copy_from_slice(&1400u16.to_be_bytes());
-        let out = lab.from_ep(lab.ep_a, &bad);
+        let out = lab.run_from_ep(lab.ep_a, &bad);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::MALFORMED), 5);
 
@@ -207,7 +207,7 @@ fn malformed_frames_are_dropped_without_harm() {
             ETH_P_IP,
             &ipv4(&spec, &[0x9c, 0x40, 0, 80, 0, 0]),
         );
-        let out = lab.from_ep(lab.ep_a, &short_tcp);
+        let out = lab.run_from_ep(lab.ep_a, &short_tcp);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::MALFORMED), 6);
 
@@ -228,11 +228,11 @@ fn fragments_are_not_masqueraded() {
             ETH_P_IP,
             &ipv4(&spec, &udp(&spec, 5000, 53, b"x", true)),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         lab.assert_dropped(&out, drop_reason::FRAGMENT);
         spec.frag = 0x0010; // a later fragment
         let frame = ethernet(GW1_MAC, A_MAC, ETH_P_IP, &ipv4(&spec, &[0u8; 16]));
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::FRAGMENT), 2);
     });
@@ -249,7 +249,7 @@ fn unsupported_protocols_are_not_masqueraded() {
             ETH_P_IP,
             &ipv4(&spec, &[0, 0, 0x08, 0, 1, 2, 3, 4]),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         lab.assert_dropped(&out, drop_reason::UNSUPPORTED_PROTOCOL);
         // ICMP other than echo request (here: a timestamp request) cannot be masqueraded either.
         let spec = Ipv4Spec::new(A_IP, REMOTE, IPPROTO_ICMP);
@@ -259,7 +259,7 @@ fn unsupported_protocols_are_not_masqueraded() {
             ETH_P_IP,
             &ipv4(&spec, &icmp_echo(13, 1, 1, &[0; 12])),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::UNSUPPORTED_PROTOCOL), 2);
     });
@@ -277,7 +277,7 @@ fn ttl_one_goes_to_the_stack() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, 40000, 80, TCP_SYN, b"")),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
         assert_eq!(lab.stat(counter::TTL_TO_STACK), 1);
@@ -291,7 +291,7 @@ fn network_without_masquerade_is_routed_by_the_stack() {
         let mut lab = Lab::new();
         lab.set_network_flags(NET1, 0);
         let frame = tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN);
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
         assert_eq!(lab.stat(counter::PASSED_TO_STACK), 1);
@@ -319,7 +319,7 @@ fn tcp_is_masqueraded_and_the_mapping_recorded() {
     in_private_netns(|| {
         let lab = Lab::new();
         let frame = tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN);
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         let p = assert_snat_frame(&out, REMOTE);
         assert_eq!(p.protocol, IPPROTO_TCP);
         assert_eq!(p.sport, 40000, "an in-range source port is kept");
@@ -360,10 +360,10 @@ fn tcp_is_masqueraded_and_the_mapping_recorded() {
 fn second_packet_reuses_the_mapping() {
     in_private_netns(|| {
         let lab = Lab::new();
-        let first = lab.from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let first = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         let first = assert_snat_frame(&first, REMOTE);
         let fin = tcp_frame_from_a(REMOTE, 40000, 80, TCP_ACK | TCP_FIN);
-        let second = lab.from_ep(lab.ep_a, &fin);
+        let second = lab.run_from_ep(lab.ep_a, &fin);
         let second = assert_snat_frame(&second, REMOTE);
         assert_eq!(second.sport, first.sport);
         assert_eq!(lab.stat(counter::NAT_MAPPINGS_CREATED), 1);
@@ -390,7 +390,7 @@ fn tcp_with_ip_options_is_masqueraded() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, 41000, 443, TCP_SYN, b"opt")),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         let p = assert_snat_frame(&out, REMOTE);
         assert_eq!(p.ip_header.len(), 24);
         assert_eq!(&p.ip_header[20..], &[1, 1, 1, 0], "options kept");
@@ -419,7 +419,7 @@ fn udp_is_masqueraded_with_a_valid_checksum() {
             ETH_P_IP,
             &ipv4(&spec, &udp(&spec, 5353, 53, b"query", true)),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         let p = assert_snat_frame(&out, REMOTE);
         assert_ne!(
             u16::from_be_bytes([p.l4[6], p.l4[7]]),
@@ -455,7 +455,7 @@ fn udp_without_checksum_keeps_it_zero() {
             ETH_P_IP,
             &ipv4(&spec, &udp(&spec, 5353, 53, b"query", false)),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         let p = assert_snat_frame(&out, REMOTE);
         assert_ne!(p.sport, 5353, "the port was translated");
         assert_eq!(&p.l4[6..8], &[0, 0], "UDP checksum 0 (none) stays 0");
@@ -473,7 +473,7 @@ fn icmp_echo_is_masqueraded_by_identifier() {
             ETH_P_IP,
             &ipv4(&spec, &icmp_echo(8, 0x1234, 7, b"ping")),
         );
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         let p = assert_snat_frame(&out, REMOTE);
         assert_eq!(p.sport, 8, "still an echo request");
         let id = p.dport;
@@ -497,7 +497,7 @@ fn icmp_echo_is_masqueraded_by_identifier() {
             ETH_P_IP,
             &ipv4(&rspec, &icmp_echo(0, id, 7, b"ping")),
         );
-        let out = lab.from_uplink(&reply);
+        let out = lab.run_from_uplink(&reply);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let r = parse_and_verify(&out.data);
         assert_eq!(r.dst, A_IP);
@@ -512,7 +512,7 @@ fn unresolved_next_hop_uses_redirect_neigh() {
     in_private_netns(|| {
         let lab = Lab::new();
         let frame = tcp_frame_from_a(REMOTE_NO_NEIGH, 40000, 80, TCP_SYN);
-        let out = lab.from_ep(lab.ep_a, &frame);
+        let out = lab.run_from_ep(lab.ep_a, &frame);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!(p.src, UPLINK_IP);
@@ -527,7 +527,7 @@ fn unresolved_next_hop_uses_redirect_neigh() {
 fn reply_on_the_uplink_is_translated_back_and_delivered() {
     in_private_netns(|| {
         let lab = Lab::new();
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         let nat_port = assert_snat_frame(&out, REMOTE).sport;
 
         let spec = Ipv4Spec::new(REMOTE, UPLINK_IP, IPPROTO_TCP);
@@ -540,7 +540,7 @@ fn reply_on_the_uplink_is_translated_back_and_delivered() {
                 &tcp(&spec, 80, nat_port, TCP_SYN | TCP_ACK, b"world"),
             ),
         );
-        let out = lab.from_uplink(&reply);
+        let out = lab.run_from_uplink(&reply);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!(p.src, REMOTE);
@@ -569,7 +569,7 @@ fn reply_on_the_uplink_is_translated_back_and_delivered() {
                 &tcp(&spec, 80, nat_port.wrapping_add(1), TCP_ACK, b""),
             ),
         );
-        let out = lab.from_uplink(&stranger);
+        let out = lab.run_from_uplink(&stranger);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, stranger);
         assert_eq!(lab.stat(counter::PASSED_TO_STACK), 1);
@@ -589,7 +589,7 @@ fn uplink_passes_malformed_and_fragments_untouched() {
         );
         let mut bad = good.clone();
         bad[14] = 0x43;
-        let out = lab.from_uplink(&bad);
+        let out = lab.run_from_uplink(&bad);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, bad);
         let mut frag_spec = spec.clone();
@@ -600,7 +600,7 @@ fn uplink_passes_malformed_and_fragments_untouched() {
             ETH_P_IP,
             &ipv4(&frag_spec, &tcp(&spec, 80, 40000, TCP_ACK, b"")),
         );
-        let out = lab.from_uplink(&frag);
+        let out = lab.run_from_uplink(&frag);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(lab.stat(counter::PASSED_TO_STACK), 2);
         assert_eq!(
@@ -615,7 +615,7 @@ fn uplink_passes_malformed_and_fragments_untouched() {
 fn port_collision_picks_another_port() {
     in_private_netns(|| {
         let lab = Lab::new();
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         assert_eq!(assert_snat_frame(&out, REMOTE).sport, 40000);
 
         // B uses the same source port towards the same remote: 40000 is taken.
@@ -626,7 +626,7 @@ fn port_collision_picks_another_port() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, 40000, 80, TCP_SYN, b"")),
         );
-        let out = lab.from_ep(lab.ep_b, &frame);
+        let out = lab.run_from_ep(lab.ep_b, &frame);
         let p = assert_snat_frame(&out, REMOTE);
         assert_ne!(p.sport, 40000);
         let range = DatapathConfig::DEFAULT.nat_port_min..=DatapathConfig::DEFAULT.nat_port_max;
@@ -653,7 +653,7 @@ fn exhausted_port_range_drops_new_flows() {
             nat_port_max: 40000,
             ..DatapathConfig::DEFAULT
         });
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         assert_eq!(assert_snat_frame(&out, REMOTE).sport, 40000);
         let spec = Ipv4Spec::new(B_IP, REMOTE, IPPROTO_TCP);
         let frame = ethernet(
@@ -662,7 +662,7 @@ fn exhausted_port_range_drops_new_flows() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, 40001, 80, TCP_SYN, b"")),
         );
-        let out = lab.from_ep(lab.ep_b, &frame);
+        let out = lab.run_from_ep(lab.ep_b, &frame);
         lab.assert_dropped(&out, drop_reason::NAT_PORTS_EXHAUSTED);
         assert!(
             lab.conntrack(&flow(B_IP, REMOTE, 40001, 80, IPPROTO_TCP))
@@ -683,7 +683,7 @@ fn stale_mapping_is_taken_over() {
             tcp_established_timeout_s: 1,
             ..DatapathConfig::DEFAULT
         });
-        let out = lab.from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_frame_from_a(REMOTE, 40000, 80, TCP_SYN));
         assert_snat_frame(&out, REMOTE);
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let spec = Ipv4Spec::new(B_IP, REMOTE, IPPROTO_TCP);
@@ -693,7 +693,7 @@ fn stale_mapping_is_taken_over() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, 40001, 80, TCP_SYN, b"")),
         );
-        let out = lab.from_ep(lab.ep_b, &frame);
+        let out = lab.run_from_ep(lab.ep_b, &frame);
         assert_eq!(assert_snat_frame(&out, REMOTE).sport, 40000);
         let nat = lab
             .nat(&flow(REMOTE, UPLINK_IP, 80, 40000, IPPROTO_TCP))

@@ -166,7 +166,7 @@ fn tcp_to_a_wildcard_port_is_translated_and_recorded() {
     in_private_netns(|| {
         let lab = published_lab();
         let frame = tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN);
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         let p = assert_into_a(&out, REMOTE, CLIENT_PORT);
         assert_eq!(
             &p.l4[4..16],
@@ -199,7 +199,7 @@ fn tcp_to_a_wildcard_port_is_translated_and_recorded() {
 
         // The endpoint's reply leaves from the published address and port, to the next hop.
         let reply = tcp_from(A, REMOTE, 80, CLIENT_PORT, TCP_SYN | TCP_ACK);
-        let out = lab.from_ep(lab.ep_a, &reply);
+        let out = lab.run_from_ep(lab.ep_a, &reply);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!(
@@ -227,7 +227,7 @@ fn tcp_to_a_wildcard_port_is_translated_and_recorded() {
 fn udp_to_an_exact_key_is_translated_with_valid_checksums() {
     in_private_netns(|| {
         let lab = published_lab();
-        let out = lab.from_uplink(&udp_from_lan(UPLINK_IP, 5353));
+        let out = lab.run_from_uplink(&udp_from_lan(UPLINK_IP, 5353));
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!((p.dst, p.dport), (A_IP, 53));
@@ -246,7 +246,7 @@ fn udp_to_an_exact_key_is_translated_with_valid_checksums() {
             ETH_P_IP,
             &ipv4(&spec, &udp(&spec, 53, CLIENT_PORT, b"answer", true)),
         );
-        let out = lab.from_ep(lab.ep_a, &reply);
+        let out = lab.run_from_ep(lab.ep_a, &reply);
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!((p.src, p.sport), (UPLINK_IP, 5353));
@@ -257,7 +257,7 @@ fn udp_to_an_exact_key_is_translated_with_valid_checksums() {
 
         // 5353 is published on the uplink's address only, not on the host's other addresses.
         let frame = udp_from_lan(OTHER_HOST_ADDR, 5353);
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
         assert_eq!(lab.total_drops(), 0);
@@ -276,7 +276,7 @@ fn tcp_with_ip_options_is_translated() {
             ETH_P_IP,
             &ipv4(&spec, &tcp(&spec, CLIENT_PORT, 8080, TCP_SYN, b"opt")),
         );
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         let p = assert_into_a(&out, REMOTE, CLIENT_PORT);
         assert_eq!(p.ip_header.len(), 24, "options kept");
         assert_eq!(&p.ip_header[20..], &[0x01, 0x01, 0x01, 0x00]);
@@ -288,17 +288,17 @@ fn tcp_with_ip_options_is_translated() {
 fn established_flow_outlives_unpublish_but_new_flows_do_not() {
     in_private_netns(|| {
         let mut lab = published_lab();
-        let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
+        let out = lab.run_from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
         assert_into_a(&out, REMOTE, CLIENT_PORT);
         unpublish(&mut lab, WILDCARD, 8080, IPPROTO_TCP);
-        let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_ACK));
+        let out = lab.run_from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_ACK));
         assert_into_a(&out, REMOTE, CLIENT_PORT);
         let nat = lab
             .nat(&flow(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, IPPROTO_TCP))
             .unwrap();
         assert_eq!(nat.packets, 2);
         let frame = tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT + 1, 8080, TCP_SYN);
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         assert_eq!(
             out.retval, TC_ACT_OK,
             "a new flow after unpublish is the host's"
@@ -319,7 +319,7 @@ fn unpublished_port_and_transit_traffic_pass_untouched() {
             // UDP 8080 is not published (TCP is).
             udp_from_lan(UPLINK_IP, 8080),
         ] {
-            let out = lab.from_uplink(&frame);
+            let out = lab.run_from_uplink(&frame);
             assert_eq!(out.retval, TC_ACT_OK);
             assert_eq!(out.data, frame, "untouched");
         }
@@ -327,7 +327,7 @@ fn unpublished_port_and_transit_traffic_pass_untouched() {
         assert_eq!(lab.stat(counter::DNAT_IN), 0);
         assert_eq!(lab.total_drops(), 0);
         // The wildcard applies to every address of the host, not just the uplink's.
-        let out = lab.from_uplink(&tcp_from_lan(
+        let out = lab.run_from_uplink(&tcp_from_lan(
             REMOTE,
             OTHER_HOST_ADDR,
             CLIENT_PORT,
@@ -363,24 +363,24 @@ fn host_only_entries_never_match_from_the_uplink() {
         );
         // To the uplink's address: not published there, the host's own business.
         let frame = tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 5432, TCP_SYN);
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
         // To 127.0.0.1 from another machine.
-        let out = lab.from_uplink(&tcp_from_lan(REMOTE, LOOPBACK, CLIENT_PORT, 5432, TCP_SYN));
+        let out = lab.run_from_uplink(&tcp_from_lan(REMOTE, LOOPBACK, CLIENT_PORT, 5432, TCP_SYN));
         lab.assert_dropped(&out, drop_reason::HOST_ONLY_PORT);
         // Straight to the endpoint's address (a LAN machine routing to the container subnet).
-        let out = lab.from_uplink(&tcp_from_lan(REMOTE, A_IP, CLIENT_PORT, 5432, TCP_SYN));
+        let out = lab.run_from_uplink(&tcp_from_lan(REMOTE, A_IP, CLIENT_PORT, 5432, TCP_SYN));
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(lab.drops(drop_reason::HOST_ONLY_PORT), 2);
         // Another port of the endpoint is routed as usual.
         let frame = tcp_from_lan(REMOTE, A_IP, CLIENT_PORT, 80, TCP_SYN);
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
         // 127.0.0.0/8 on a wildcard-published port is refused too.
         publish_a(&mut lab);
-        let out = lab.from_uplink(&tcp_from_lan(
+        let out = lab.run_from_uplink(&tcp_from_lan(
             REMOTE,
             [127, 0, 0, 9],
             CLIENT_PORT,
@@ -402,7 +402,7 @@ fn first_fragment_for_a_published_port_is_dropped() {
         spec.frag = 0x2000; // MF, offset 0
         let l4 = udp(&spec, CLIENT_PORT, 5353, b"big", true);
         let frame = ethernet(UPLINK_MAC, NEXT_HOP_MAC, ETH_P_IP, &ipv4(&spec, &l4));
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         lab.assert_dropped(&out, drop_reason::FRAGMENT);
         spec.frag = 0x0001; // a later fragment: no ports, the stack's
         let frame = ethernet(
@@ -411,7 +411,7 @@ fn first_fragment_for_a_published_port_is_dropped() {
             ETH_P_IP,
             &ipv4(&spec, b"tail...."),
         );
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
     });
@@ -424,7 +424,7 @@ fn first_fragment_for_a_published_port_is_dropped() {
 fn hairpin_from_a_neighbour_keeps_its_source() {
     in_private_netns(|| {
         let lab = published_lab();
-        let out = lab.from_ep(lab.ep_b, &tcp_from(B, UPLINK_IP, 40000, 8080, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_b, &tcp_from(B, UPLINK_IP, 40000, 8080, TCP_SYN));
         assert_into_a(&out, B_IP, 40000);
         assert_eq!(lab.stat(counter::HAIRPIN), 1);
         assert_eq!(lab.stat(counter::DNAT_IN), 1);
@@ -433,7 +433,7 @@ fn hairpin_from_a_neighbour_keeps_its_source() {
             .unwrap();
         assert_eq!((nat.kind, nat.endpoint_ifindex), (ct_kind::DNAT, lab.ep_a));
 
-        let out = lab.from_ep(lab.ep_a, &tcp_from(A, B_IP, 80, 40000, TCP_SYN | TCP_ACK));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_from(A, B_IP, 80, 40000, TCP_SYN | TCP_ACK));
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!(
@@ -448,7 +448,7 @@ fn hairpin_from_a_neighbour_keeps_its_source() {
         assert_eq!(lab.stat(counter::FORWARDED_LOCAL), 0);
 
         // The next packet of the flow uses the recorded entry.
-        let out = lab.from_ep(lab.ep_b, &tcp_from(B, UPLINK_IP, 40000, 8080, TCP_ACK));
+        let out = lab.run_from_ep(lab.ep_b, &tcp_from(B, UPLINK_IP, 40000, 8080, TCP_ACK));
         assert_into_a(&out, B_IP, 40000);
         assert_eq!(lab.stat(counter::HAIRPIN), 1);
         assert_eq!(lab.stat(counter::DNAT_IN), 2);
@@ -461,19 +461,19 @@ fn hairpin_from_another_network_is_allowed_like_docker() {
     in_private_netns(|| {
         let lab = published_lab();
         // Through the host's other address, from network 2.
-        let out = lab.from_ep(
+        let out = lab.run_from_ep(
             lab.ep_c,
             &tcp_from(C, OTHER_HOST_ADDR, 40000, 8080, TCP_SYN),
         );
         assert_into_a(&out, C_IP, 40000);
-        let out = lab.from_ep(lab.ep_a, &tcp_from(A, C_IP, 80, 40000, TCP_SYN | TCP_ACK));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_from(A, C_IP, 80, 40000, TCP_SYN | TCP_ACK));
         assert_eq!(out.retval, TC_ACT_REDIRECT, "the reply is not isolated");
         let p = parse_and_verify(&out.data);
         assert_eq!((p.src, p.sport), (OTHER_HOST_ADDR, 8080));
         assert_eq!((p.dst, p.dport), (C_IP, 40000));
         assert_eq!((p.eth_dst, p.eth_src), (C_MAC, GW2_MAC));
         // Without a published-port flow, A -> C stays isolated.
-        let out = lab.from_ep(lab.ep_a, &tcp_from(A, C_IP, 81, 40000, TCP_ACK));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_from(A, C_IP, 81, 40000, TCP_ACK));
         lab.assert_dropped(&out, drop_reason::NETWORK_ISOLATION);
     });
 }
@@ -484,7 +484,7 @@ fn hairpin_to_itself_is_translated_through_the_gateway() {
         let mut lab = new_lab();
         publish_a(&mut lab);
         // A dials its own gateway's address on the published port (no host table needed).
-        let out = lab.from_ep(lab.ep_a, &tcp_from(A, GW1, 40000, 8080, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_from(A, GW1, 40000, 8080, TCP_SYN));
         let p = assert_into_a(&out, GW1, 40000);
         assert_eq!(&p.l4[20..], b"reply");
         let hairpin_nat = lab
@@ -494,7 +494,7 @@ fn hairpin_to_itself_is_translated_through_the_gateway() {
         assert_eq!(hairpin_nat.orig_addr, addr_v4(A_IP));
 
         // A's server answers the gateway; A's client gets it from GW1:8080.
-        let out = lab.from_ep(lab.ep_a, &tcp_from(A, GW1, 80, 40000, TCP_SYN | TCP_ACK));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_from(A, GW1, 80, 40000, TCP_SYN | TCP_ACK));
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         let p = parse_and_verify(&out.data);
         assert_eq!((p.src, p.sport), (GW1, 8080));
@@ -502,7 +502,7 @@ fn hairpin_to_itself_is_translated_through_the_gateway() {
         assert_eq!((p.eth_dst, p.eth_src), (A_MAC, GW1_MAC));
 
         // Second packet of the client: source translated again.
-        let out = lab.from_ep(lab.ep_a, &tcp_from(A, GW1, 40000, 8080, TCP_ACK));
+        let out = lab.run_from_ep(lab.ep_a, &tcp_from(A, GW1, 40000, 8080, TCP_ACK));
         assert_into_a(&out, GW1, 40000);
         assert_eq!(lab.stat(counter::HAIRPIN), 1);
         assert_eq!(lab.stat(counter::DNAT_IN), 2);
@@ -516,11 +516,11 @@ fn endpoint_traffic_to_unpublished_host_ports_goes_to_the_stack() {
     in_private_netns(|| {
         let lab = published_lab();
         let frame = tcp_from(B, GW1, 40000, 22, TCP_SYN);
-        let out = lab.from_ep(lab.ep_b, &frame);
+        let out = lab.run_from_ep(lab.ep_b, &frame);
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, frame);
         // The masquerade path is unchanged for published port numbers on other hosts.
-        let out = lab.from_ep(lab.ep_b, &tcp_from(B, REMOTE, 40000, 8080, TCP_SYN));
+        let out = lab.run_from_ep(lab.ep_b, &tcp_from(B, REMOTE, 40000, 8080, TCP_SYN));
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         assert_eq!(parse_and_verify(&out.data).src, UPLINK_IP);
         assert_eq!(lab.stat(counter::SNAT_OUT), 1);
@@ -537,10 +537,11 @@ fn a_new_syn_restarts_a_flow_whose_reply_entry_another_host_port_took() {
         let a = (A_IP, 80, lab.ep_a);
         publish(&mut lab, WILDCARD, 8099, IPPROTO_TCP, a, 0);
         for port in [8080u16, 8099, 8080] {
-            let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, port, TCP_SYN));
+            let out =
+                lab.run_from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, port, TCP_SYN));
             assert_into_a(&out, REMOTE, CLIENT_PORT);
             let reply = tcp_from(A, REMOTE, 80, CLIENT_PORT, TCP_SYN | TCP_ACK);
-            let out = lab.from_ep(lab.ep_a, &reply);
+            let out = lab.run_from_ep(lab.ep_a, &reply);
             assert_eq!(out.retval, TC_ACT_REDIRECT);
             let p = parse_and_verify(&out.data);
             assert_eq!(
@@ -556,11 +557,11 @@ fn a_new_syn_restarts_a_flow_whose_reply_entry_another_host_port_took() {
 fn a_new_syn_after_unpublish_is_not_translated_even_on_a_reused_source_port() {
     in_private_netns(|| {
         let mut lab = published_lab();
-        let out = lab.from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
+        let out = lab.run_from_uplink(&tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN));
         assert_into_a(&out, REMOTE, CLIENT_PORT);
         unpublish(&mut lab, WILDCARD, 8080, IPPROTO_TCP);
         let frame = tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, TCP_SYN);
-        let out = lab.from_uplink(&frame);
+        let out = lab.run_from_uplink(&frame);
         assert_eq!(
             out.retval, TC_ACT_OK,
             "a new connection after unpublish is the host's"

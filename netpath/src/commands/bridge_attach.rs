@@ -38,10 +38,10 @@ fn parse_address(arg: &str) -> Result<(std::net::Ipv4Addr, Ipv4Cidr, Option<std:
             })
         })
         .transpose()?;
-    if let Some(g) = gw {
-        if !net.contains(g) {
-            return Err(AppError::Invalid(format!("gateway {g} is outside {net}")));
-        }
+    if let Some(g) = gw
+        && !net.contains(g)
+    {
+        return Err(AppError::Invalid(format!("gateway {g} is outside {net}")));
     }
     Ok((ip, net, gw))
 }

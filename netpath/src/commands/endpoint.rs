@@ -93,13 +93,13 @@ fn plan_mode(app: &App, args: &EndpointCreateArgs) -> Result<(EndpointMode, Path
         (None, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
         (None, None) => None,
     };
-    if let Some(p) = &given {
-        if !netns::exists(p) {
-            return Err(AppError::NotFound(format!(
-                "{} is not a network namespace",
-                p.display()
-            )));
-        }
+    if let Some(p) = &given
+        && !netns::exists(p)
+    {
+        return Err(AppError::NotFound(format!(
+            "{} is not a network namespace",
+            p.display()
+        )));
     }
     let own = || {
         given
@@ -281,10 +281,8 @@ fn host_resolv_conf() -> String {
         .lines()
         .filter_map(|l| l.strip_prefix("nameserver"))
         .all(|ns| ns.trim().starts_with("127."));
-    if only_stub {
-        if let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
-            return upstream;
-        }
+    if only_stub && let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+        return upstream;
     }
     etc
 }

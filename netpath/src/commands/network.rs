@@ -385,10 +385,10 @@ pub fn inspect(app: &App, names: &[String]) -> Result<String> {
 /// Gateway for endpoints' default route: the config's `default-gateway` for the default
 /// network, else the network's gateway.
 pub fn route_gateway(app: &App, net: &Network) -> Ipv4Addr {
-    if net.name == DEFAULT_NETWORK {
-        if let Some(gw) = app.config.default_gateway {
-            return gw;
-        }
+    if net.name == DEFAULT_NETWORK
+        && let Some(gw) = app.config.default_gateway
+    {
+        return gw;
     }
     net.gateway
 }

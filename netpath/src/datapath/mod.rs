@@ -399,10 +399,10 @@ impl Datapath {
             let entry = entry.map_err(io_err("read", &dir))?;
             let file = entry.file_name().to_string_lossy().to_string();
             // `<program>@<interface>`; `<program>@new@<interface>` is a pin being replaced.
-            if let Some((prog, iface)) = file.split_once('@') {
-                if !iface.starts_with("new@") {
-                    out.push((iface.to_string(), prog.to_string()));
-                }
+            if let Some((prog, iface)) = file.split_once('@')
+                && !iface.starts_with("new@")
+            {
+                out.push((iface.to_string(), prog.to_string()));
             }
         }
         Ok(out)
@@ -515,10 +515,10 @@ impl Datapath {
         let pin = self.link_pin(interface, program);
         if pin.exists() {
             // Removing the last reference to a tcx link detaches it.
-            if let Ok(link) = PinnedLink::from_pin(&pin) {
-                if let Ok(fd_link) = link.unpin() {
-                    drop(fd_link);
-                }
+            if let Ok(link) = PinnedLink::from_pin(&pin)
+                && let Ok(fd_link) = link.unpin()
+            {
+                drop(fd_link);
             }
             let _ = fs::remove_file(&pin);
         }

@@ -249,12 +249,12 @@ impl Lab {
     }
 
     /// Runs `np_from_ep` as if `frame` arrived on the host-side veth `ifindex`.
-    pub fn from_ep(&self, ifindex: u32, frame: &[u8]) -> TestRunOutput {
+    pub fn run_from_ep(&self, ifindex: u32, frame: &[u8]) -> TestRunOutput {
         self.run(program_name::FROM_ENDPOINT, ifindex, frame)
     }
 
     /// Runs `np_uplink` as if `frame` arrived on the uplink.
-    pub fn from_uplink(&self, frame: &[u8]) -> TestRunOutput {
+    pub fn run_from_uplink(&self, frame: &[u8]) -> TestRunOutput {
         self.run(program_name::FROM_UPLINK, self.uplink, frame)
     }
 
