@@ -88,9 +88,11 @@ enum Command {
     /// and a userspace proxy per port (socat). Each repeated (median, min, max), servers on
     /// CPU 0, clients on CPU 1: TCP stream (iperf3), TCP request/response rate and p50/p99
     /// (sockperf), new TCP connections/s, UDP 64-byte packets/s received; container to
-    /// container request/response, netpath vs a plain bridge. Writes target/bench/compare.md,
-    /// .json and .svg (compare-quick.* for --quick); prints the ratios netpath/routed,
-    /// netpath/iptables, netpath/nftables and the targets last. About 6 minutes; --quick 2.5.
+    /// container request/response, netpath vs a plain bridge; both request/response tests
+    /// again with the client on CPU 0 (a diagnostic without a target); then netpath's
+    /// programs' time per packet. Writes target/bench/compare.md, .json and .svg
+    /// (compare-quick.* for --quick); prints the ratios netpath/routed, netpath/iptables,
+    /// netpath/nftables and the targets last. About 9 minutes; --quick 4.
     #[command(verbatim_doc_comment)]
     Bench {
         /// Smaller and shorter: N = 2000, 3 repeats, 1 s connect loops, K = 50; the comparison
