@@ -530,6 +530,10 @@ struct Targets {
     udp: SocketAddrV4,
     rr: SocketAddrV4,
     conn: SocketAddrV4,
+    /// Container to container: the client's namespace (the second container) and the first
+    /// container's sockperf server.
+    c2c_client: std::path::PathBuf,
+    c2c: SocketAddrV4,
 }
 
 impl Targets {
@@ -541,6 +545,8 @@ impl Targets {
             udp: lab.lan_target(paths::IPERF_UDP),
             rr: lab.lan_target(paths::SOCKPERF),
             conn: lab.lan_target(paths::CONNECT),
+            c2c_client: paths::ns_path(&lab.names.ctr[1]),
+            c2c: SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port),
         }
     }
 }
@@ -711,18 +717,20 @@ fn measure_one(
         }),
         Metric::TcpRr => attempt(result, Metric::TcpRr, line, |r| {
             let pp = ping_pong(&t.lan, t.rr, plan, CLIENT_CPU)?;
-            r.push(Metric::TcpRr, pp.per_second);
-            r.push(Metric::TcpRrP50, pp.p50_us);
-            r.push(Metric::TcpRrP99, pp.p99_us);
-            Ok(format!(
-                "RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
-                pp.per_second, pp.p50_us, pp.p99_us
-            ))
+            let shown = record_rr(
+                r,
+                &pp,
+                Metric::TcpRr,
+                Some((Metric::TcpRrP50, Metric::TcpRrP99)),
+            );
+            Ok(format!("RR {shown}"))
         }),
         Metric::TcpRrOneCpu => attempt(result, Metric::TcpRrOneCpu, line, |r| {
             let pp = ping_pong(&t.lan, t.rr, plan, SERVER_CPU)?;
-            r.push(Metric::TcpRrOneCpu, pp.per_second);
-            Ok(format!("RR on one CPU {:.0}/s", pp.per_second))
+            Ok(format!(
+                "RR on one CPU {}",
+                record_rr(r, &pp, Metric::TcpRrOneCpu, None)
+            ))
         }),
         Metric::ConnRate => attempt(result, Metric::ConnRate, line, |r| {
             let run = traffic::connect_loop(
@@ -766,34 +774,45 @@ fn measure_one(
                 got.sent
             ))
         }),
-        Metric::C2cRr => {
-            let ctr2 = paths::ns_path(&lab.names.ctr[1]);
-            let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
-            attempt(result, Metric::C2cRr, line, |r| {
-                let pp = ping_pong(&ctr2, target, plan, CLIENT_CPU)?;
-                r.push(Metric::C2cRr, pp.per_second);
-                r.push(Metric::C2cP50, pp.p50_us);
-                r.push(Metric::C2cP99, pp.p99_us);
-                Ok(format!(
-                    "c2c ({}) RR {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
-                    c2c_title(lab.kind),
-                    pp.per_second,
-                    pp.p50_us,
-                    pp.p99_us
-                ))
-            })
-        }
-        Metric::C2cRrOneCpu => {
-            let ctr2 = paths::ns_path(&lab.names.ctr[1]);
-            let target = SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port);
-            attempt(result, Metric::C2cRrOneCpu, line, |r| {
-                let pp = ping_pong(&ctr2, target, plan, SERVER_CPU)?;
-                r.push(Metric::C2cRrOneCpu, pp.per_second);
-                Ok(format!("c2c RR on one CPU {:.0}/s", pp.per_second))
-            })
-        }
+        Metric::C2cRr => attempt(result, Metric::C2cRr, line, |r| {
+            let pp = ping_pong(&t.c2c_client, t.c2c, plan, CLIENT_CPU)?;
+            let shown = record_rr(
+                r,
+                &pp,
+                Metric::C2cRr,
+                Some((Metric::C2cP50, Metric::C2cP99)),
+            );
+            Ok(format!("c2c ({}) RR {shown}", c2c_title(lab.kind)))
+        }),
+        Metric::C2cRrOneCpu => attempt(result, Metric::C2cRrOneCpu, line, |r| {
+            let pp = ping_pong(&t.c2c_client, t.c2c, plan, SERVER_CPU)?;
+            Ok(format!(
+                "c2c RR on one CPU {}",
+                record_rr(r, &pp, Metric::C2cRrOneCpu, None)
+            ))
+        }),
         _ => Ok(()),
     }
+}
+
+/// Records one ping-pong as `rate` (and its round-trip percentiles as the `(p50, p99)`
+/// metrics, when given); returns it as shown in the round's line.
+fn record_rr(
+    r: &mut PathResult,
+    pp: &load::PingPong,
+    rate: Metric,
+    percentiles: Option<(Metric, Metric)>,
+) -> String {
+    r.push(rate, pp.per_second);
+    let Some((p50, p99)) = percentiles else {
+        return format!("{:.0}/s", pp.per_second);
+    };
+    r.push(p50, pp.p50_us);
+    r.push(p99, pp.p99_us);
+    format!(
+        "{:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
+        pp.per_second, pp.p50_us, pp.p99_us
+    )
 }
 
 /// Runs one measurement of `metric` unless it already failed in this lab; a failure is
