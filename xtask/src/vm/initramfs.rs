@@ -1,7 +1,9 @@
 //! Owns the guest's initramfs: a static busybox, the 9p and virtio modules the kernel needs to
 //! mount this machine's root (decompressed: busybox's insmod cannot read `.ko.xz`), and two
-//! scripts. `/init` mounts the host's `/` read-only over 9p, puts tmpfs on `/run` and `/tmp`,
-//! bind-mounts the kernel's module tree (from the cache) on `/lib/modules/<release>`, and
+//! scripts. `/init` mounts the host's `/` read-only over 9p, puts tmpfs on `/run` and `/tmp`
+//! (bind-mounting back over them the directories named by `np.keep=` that lie there: the
+//! kernel cache and the workspace's target directory, so a checkout in /tmp works), bind-mounts
+//! the kernel's module tree (from the cache) on `/lib/modules/<release>`, and
 //! switch_roots into the host's root, where `/stage2` (PID 1 there, so the kernel's module
 //! autoloading finds the host's `/sbin/modprobe`) mounts what netpath needs writable and runs the
 //! command named by `np.cmd=` on the kernel command line, then prints `NETPATH-VM-RC=<status>`
@@ -36,7 +38,12 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose ro
   echo "NETPATH-VM: cannot mount the host root over 9p"; echo "NETPATH-VM-RC=125"; poweroff -f
 fi
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
+# What the guest must read from under /tmp or /run (np.keep=, comma-separated) is set aside,
+# the empty tmpfs mounted, then bind-mounted back at its own path.
+KEEP=$(sed -n 's/.* np.keep=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+n=0; for d in $KEEP; do case $d in /tmp/*|/run/*) n=$((n+1)); mkdir -p /keep/$n; mount --bind /newroot$d /keep/$n;; esac; done
 mount -t tmpfs -o mode=755 run /newroot/run; mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+n=0; for d in $KEEP; do case $d in /tmp/*|/run/*) n=$((n+1)); mkdir -p /newroot$d; mount --bind /keep/$n /newroot$d; umount /keep/$n;; esac; done
 if ! mount -t tmpfs mods /newroot/lib/modules; then
   echo "NETPATH-VM: /lib/modules is missing on the host: run cargo xtask test --kernel again (its set-up creates it)"
   echo "NETPATH-VM-RC=125"; poweroff -f

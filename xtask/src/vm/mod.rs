@@ -109,6 +109,12 @@ pub fn run(ws: &Workspace, series: &[&str], extra: &[String]) -> anyhow::Result<
         out_dir.display()
     );
     let script_text = guest::script(&netpath, &group_runs, timeout_s);
+    // What the guest must see of this checkout: its root and (when outside it) its target dir.
+    let target_dir = ws.target_dir()?;
+    let mut workspace = vec![ws.root.as_path()];
+    if !target_dir.starts_with(&ws.root) {
+        workspace.push(&target_dir);
+    }
     let mut results = Vec::new();
     for spec in &specs {
         let log = out_dir.join(format!("{}.log", spec.series));
@@ -119,7 +125,7 @@ pub fn run(ws: &Workspace, series: &[&str], extra: &[String]) -> anyhow::Result<
             error: None,
             log: log.clone(),
         };
-        match run_kernel(spec, &out_dir, &script_text, &log, limit) {
+        match run_kernel(spec, &out_dir, &script_text, &workspace, &log, limit) {
             Ok((release, boot)) => {
                 result.release = release;
                 result.boot = Some(boot);
@@ -158,6 +164,7 @@ fn run_kernel(
     spec: &kernel::KernelSpec,
     out_dir: &Path,
     script_text: &str,
+    workspace: &[&Path],
     log: &Path,
     limit: Duration,
 ) -> anyhow::Result<(String, qemu::Boot)> {
@@ -177,7 +184,7 @@ fn run_kernel(
         k.release,
         log.display()
     );
-    let boot = qemu::boot(&k, &initrd, &script, log, limit)?;
+    let boot = qemu::boot(&k, &initrd, &script, workspace, log, limit)?;
     println!(
         "{TAG}: [{}] VM finished after {:.0} s{}",
         spec.series,

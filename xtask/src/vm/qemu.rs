@@ -29,28 +29,50 @@ pub struct Boot {
     pub timed_out: bool,
 }
 
+/// Directories the guest covers with its own empty tmpfs. A directory the guest reads from
+/// under `/tmp` or `/run` is bind-mounted back over it (`np.keep=`); under these it cannot be.
+const HIDDEN_IN_GUEST: &[&str] = &["/var/lib", "/etc/netns", "/lib/modules"];
+
 /// Boots `kernel` with `initrd` and runs the guest script `script` (an absolute path without
 /// spaces on this machine's root); writes the console to `log`; kills QEMU after `limit`.
+/// The directories in `workspace` (the checkout and its target directory: the script, the
+/// binaries the guest runs and the paths they were built with) stay visible in the guest
+/// wherever they are, `/tmp` included.
 pub fn boot(
     kernel: &Kernel,
     initrd: &Path,
     script: &Path,
+    workspace: &[&Path],
     log: &Path,
     limit: Duration,
 ) -> anyhow::Result<Boot> {
-    for p in [&kernel.dir, script] {
-        if p.to_string_lossy().contains(char::is_whitespace) {
+    let mut keep = vec![kernel.dir.as_path()];
+    keep.extend_from_slice(workspace);
+    for p in keep.iter().chain([&script]) {
+        let text = p.to_string_lossy();
+        if text.contains(char::is_whitespace) || text.contains(',') {
             bail!(
-                "{} contains white space, which the kernel command line cannot carry; \
-                 move the checkout or set NETPATH_CACHE_DIR to a path without spaces",
+                "{} contains white space or a comma, which the kernel command line cannot \
+                 carry; move the checkout or set NETPATH_CACHE_DIR to a plain path",
+                p.display()
+            );
+        }
+        if let Some(hidden) = HIDDEN_IN_GUEST.iter().find(|h| p.starts_with(h)) {
+            bail!(
+                "{} is under {hidden}, which the test VM covers with a tmpfs of its own; move \
+                 the checkout (or NETPATH_CACHE_DIR) elsewhere",
                 p.display()
             );
         }
     }
     let append = format!(
-        "console=ttyS0 panic=-1 loglevel=4 np.kdir={} np.cmd={}",
+        "console=ttyS0 panic=-1 loglevel=4 np.kdir={} np.cmd={} np.keep={}",
         kernel.dir.display(),
-        script.display()
+        script.display(),
+        keep.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let mut qemu = Command::new("nice");
     qemu.args(["-n", "19", "qemu-system-x86_64"])
