@@ -36,15 +36,15 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 cli.instance
             );
         }
+        let instance = Instance::new(&cli.instance)?;
         let notes = match App::open(&cli.instance, cli.config.as_deref(), cli.uplinks.clone()) {
             Ok(mut app) => reconcile::purge(&mut app)?,
             // The namespace it served is gone: clear what it left outside it.
             Err(AppError::ServedElsewhere { location: None, .. }) => {
-                reconcile::purge_left_behind(&Instance::new(&cli.instance)?)?
+                reconcile::purge_left_behind(&instance)?
             }
             Err(e) => return Err(e.into()),
         };
-        let instance = Instance::new(&cli.instance)?;
         for dir in [instance.state_dir(), instance.run_dir()] {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;

@@ -11,7 +11,7 @@ use crate::{
     app::{App, AppError, Result, endpoint_entry, now_secs, parse_ipv4_arg},
     cli::EndpointCreateArgs,
     commands::{network, publish},
-    instance::{host_veth_name, peer_veth_name},
+    instance::{Instance, host_veth_name, peer_veth_name},
     ipam,
     model::{Attachment, Endpoint, EndpointMode, HOST_NETWORK, Lifecycle, NONE_NETWORK, Network},
     netlink, netns, sys,
@@ -342,9 +342,15 @@ fn undo(app: &mut App, ep: &Endpoint) {
     for att in &ep.attachments {
         unplumb_attachment(app, att);
     }
+    remove_owned_netns(&app.instance, ep);
+}
+
+/// The namespace netpath made for `ep` (if it did) and its resolv.conf directory; what is
+/// already gone is skipped. Shared with the purge of an instance whose host namespace is gone.
+pub fn remove_owned_netns(instance: &Instance, ep: &Endpoint) {
     if ep.netns_owned {
         let _ = netns::remove(&ep.netns);
-        if let Some(dir) = app.instance.resolv_conf_path(&ep.name).parent() {
+        if let Some(dir) = instance.resolv_conf_path(&ep.name).parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

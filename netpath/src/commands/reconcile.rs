@@ -218,12 +218,7 @@ pub fn purge_left_behind(instance: &Instance) -> Result<Vec<String>> {
         instance.name()
     )];
     for ep in store.endpoints()? {
-        if ep.netns_owned {
-            let _ = netns::remove(&ep.netns);
-            if let Some(dir) = instance.resolv_conf_path(&ep.name).parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
+        endpoint::remove_owned_netns(instance, &ep);
         notes.push(format!("removed endpoint {}", ep.name));
     }
     remove_outside_namespaces(instance, &mut notes)?;
