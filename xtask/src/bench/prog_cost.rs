@@ -61,16 +61,16 @@ pub fn measure(
     programs: &[&str],
     during: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<ProgramCost>> {
+    let snapshot = || {
+        programs
+            .iter()
+            .map(|name| counters(pins, name))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
     let stats = RunTimeStats::enable()?;
-    let before = programs
-        .iter()
-        .map(|name| counters(pins, name))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let before = snapshot()?;
     during()?;
-    let after = programs
-        .iter()
-        .map(|name| counters(pins, name))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let after = snapshot()?;
     drop(stats);
     Ok(programs
         .iter()

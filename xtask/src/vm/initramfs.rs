@@ -2,7 +2,7 @@
 //! mount this machine's root (decompressed: busybox's insmod cannot read `.ko.xz`), and two
 //! scripts. `/init` mounts the host's `/` read-only over 9p, puts tmpfs on `/run` and `/tmp`
 //! (bind-mounting back over them the directories named by `np.keep=` that lie there: the
-//! kernel cache and the workspace's target directory, so a checkout in /tmp works), bind-mounts
+//! kernel cache, the checkout and its target directory, so a checkout in /tmp works), bind-mounts
 //! the kernel's module tree (from the cache) on `/lib/modules/<release>`, and
 //! switch_roots into the host's root, where `/stage2` (PID 1 there, so the kernel's module
 //! autoloading finds the host's `/sbin/modprobe`) mounts what netpath needs writable and runs the
