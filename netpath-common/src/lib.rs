@@ -96,6 +96,14 @@ pub mod program_name {
     }
 }
 
+/// Read-only globals of the eBPF object that user space sets when it loads it
+/// (`EbpfLoader::override_global`); the loader freezes them, so the verifier sees constants.
+pub mod global {
+    /// `u8`: 1 when the kernel has `bpf_ktime_get_coarse_ns` (Linux >= 5.11); flow timestamps
+    /// then come from the coarse monotonic clock, which reads no hardware clock.
+    pub const COARSE_CLOCK: &str = "NP_COARSE_CLOCK";
+}
+
 /// Capacity of each map. Conntrack and NAT are LRU: when full, the least recently used flow is
 /// evicted instead of new flows failing.
 pub mod map_size {
@@ -199,7 +207,10 @@ pub struct UplinkEntry {
     /// Source address given to masqueraded traffic leaving through this uplink.
     pub addr: Addr,
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The uplink's MTU (0: unknown, as in entries of netpath versions before it was kept
+    /// here). Flows whose cached route leaves by this uplink check their packets against it.
+    pub mtu: u16,
     pub ifindex: u32,
 }
 
@@ -236,10 +247,47 @@ pub struct ConntrackEntry {
     pub state: u8,
     /// Uplink the flow leaves by.
     pub uplink_ifindex: u32,
-    /// `bpf_ktime_get_ns()` of the last packet in the original direction.
+    /// Datapath clock (CLOCK_MONOTONIC ns) of the last packet in the original direction.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Where the flow's translated packets go, as the last full lookup (FIB or endpoint) found
+    /// it; all zero: not known yet. Entries written by netpath versions before this field end
+    /// after `bytes`, and a migrated entry starts with a zero route.
+    pub route: CachedRoute,
+}
+
+/// A flow's next hop, cached so that its packets skip the route lookup (`bpf_fib_lookup` is
+/// the largest single cost of a translated packet). Taken only while younger than
+/// [`ROUTE_RECHECK_NS`] and for packets that fit `mtu`; then a full lookup runs again and
+/// refreshes it, so route, neighbour and MTU changes reach an established flow within that
+/// time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct CachedRoute {
+    /// Datapath clock of the lookup this came from.
+    pub checked_ns: u64,
+    /// Where the packet goes: an uplink (`bpf_redirect`), or with [`route_flags::PEER`] the
+    /// host-side veth of an endpoint (`bpf_redirect_peer` into its namespace). 0: none.
+    pub ifindex: u32,
+    /// Largest IP packet the egress takes without segmentation offload (0 with `PEER`: an
+    /// endpoint's veth is not checked, as on every delivery into an endpoint).
+    pub mtu: u16,
+    /// [`route_flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
+
+/// How long a [`CachedRoute`] is used before the full lookup runs again.
+pub const ROUTE_RECHECK_NS: u64 = 1_000_000_000;
+
+/// Bits of [`CachedRoute::flags`].
+pub mod route_flags {
+    /// Delivery into an endpoint's namespace (a hairpin client) instead of out of an uplink.
+    pub const PEER: u8 = 1 << 0;
 }
 
 /// Values of [`ConntrackEntry::kind`].
@@ -277,10 +325,19 @@ pub struct NatEntry {
     pub kind: u8,
     /// Host-side veth of the endpoint: target of `bpf_redirect_peer`.
     pub endpoint_ifindex: u32,
-    /// `bpf_ktime_get_ns()` of the last reply packet.
+    /// Datapath clock (CLOCK_MONOTONIC ns) of the last reply packet.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// The endpoint's MAC and its gateway's (the bridge), copied from `NP_EP_BY_ADDR` and
+    /// `NP_NETWORKS` when the flow started: what a packet delivered to the endpoint carries, so
+    /// established packets need no lookup. All zero (entries of netpath versions before these
+    /// fields, after a migration): looked up and filled by the next packet. Removing an
+    /// endpoint removes its flows (`Maps::remove_endpoint`), so a cached delivery never
+    /// outlives its endpoint.
+    pub ep_mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 4],
 }
 
 /// Key of `NP_PORTS` (published ports). The datapath looks up the exact key (destination
@@ -517,8 +574,9 @@ const _: () = {
     assert!(size_of::<NetworkEntry>() == 48);
     assert!(size_of::<UplinkEntry>() == 24);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<ConntrackEntry>() == 48);
-    assert!(size_of::<NatEntry>() == 48);
+    assert!(size_of::<ConntrackEntry>() == 80);
+    assert!(size_of::<CachedRoute>() == 32);
+    assert!(size_of::<NatEntry>() == 64);
     assert!(size_of::<PortKey>() == 20);
     assert!(size_of::<PublishedPort>() == 24);
     assert!(size_of::<DatapathConfig>() == 32);
@@ -535,6 +593,7 @@ mod user {
     unsafe impl aya::Pod for UplinkEntry {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConntrackEntry {}
+    unsafe impl aya::Pod for CachedRoute {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PublishedPort {}

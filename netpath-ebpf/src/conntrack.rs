@@ -10,6 +10,8 @@ use netpath_common::{
     NatEntry, ct_state,
 };
 
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+
 use crate::{
     maps::NP_CONFIG,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -17,6 +19,28 @@ use crate::{
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// 1 when the kernel has `bpf_ktime_get_coarse_ns` (Linux >= 5.11), set by user space when it
+/// loads the object (`netpath_common::global::COARSE_CLOCK`). It lives in read-only data that
+/// the loader freezes, so the verifier knows its value and never looks at the other branch of
+/// [`now`]: a 5.10 kernel does not see the helper it lacks.
+#[unsafe(no_mangle)]
+static NP_COARSE_CLOCK: u8 = 0;
+
+/// The datapath's clock for flow timestamps (`last_seen_ns`): CLOCK_MONOTONIC in
+/// nanoseconds. The coarse variant (tick resolution, far below any timeout) reads no hardware
+/// clock: on a virtual machine `rdtsc` can cost more than a hash lookup. Read once per packet.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: reading a static; the helpers take no arguments.
+    unsafe {
+        if core::ptr::read_volatile(&NP_COARSE_CLOCK) != 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
+}
 
 /// The configuration user space wrote to `NP_CONFIG[0]`, or the defaults while it has not
 /// (entry missing or `initialized == 0`). A port range with `min == 0` or `min > max` is

@@ -21,14 +21,10 @@
 //! The NAT entry is written before the conntrack entry and removed if that fails. Idle flows
 //! (per-protocol timeouts of `NP_CONFIG`, shorter once TCP FIN/RST was seen) are looked up in
 //! `NP_PORTS` again by their next packet; the LRU maps reclaim them.
-use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_REDIRECT},
-    helpers::generated::bpf_ktime_get_ns,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use netpath_common::{
     AddrKey, ConntrackEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatEntry, PortKey, counter,
-    ct_kind, drop_reason,
+    ct_kind, drop_reason, route_flags,
 };
 
 use crate::{
@@ -38,11 +34,9 @@ use crate::{
     csum,
     fib::{self, Route},
     maps::{NP_CT, NP_DNAT_SCRATCH, NP_EP_BY_ADDR, NP_NAT, NP_NETWORKS, NP_UPLINKS},
-    nat,
-    parse::{
-        self, ICMP_ECHO_REQUEST, IP_DST_OFF, IP_SRC_OFF, Ipv4, Transport, eq_ipv4, eq_port, v4_of,
-    },
+    parse::{self, ICMP_ECHO_REQUEST, Ipv4, Transport, eq_ipv4, is_zero_mac, v4_of},
     ports::{self, Target},
+    send,
     stats::{count, drop_packet, pass_to_stack},
     zero::zero_in_place,
 };
@@ -59,9 +53,10 @@ pub struct Scratch {
     nat: NatEntry,
     ct: ConntrackEntry,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
-    /// A hairpin packet ready for [`deliver_prepared`].
-    prepared: Delivery,
-    prepared_snat: bool,
+    /// The rewrite of the packet at hand (see `csum::translate`) ...
+    pub translation: csum::Translation,
+    /// ... and its way out (see `send`).
+    pub send: send::Prepared,
 }
 
 /// This CPU's scratch area (a one-slot per-CPU array: only a verifier formality can make it
@@ -157,7 +152,7 @@ pub fn uplink_new_flow(ctx: &TcContext, ip: &Ipv4, l4: &Transport) -> i32 {
         return drop_packet(drop_reason::HOST_ONLY_PORT);
     }
     match start_flow(ctx, s, ip, l4, &target, fib::skb_ifindex(ctx), false) {
-        Ok((d, snat)) => deliver(ctx, ip, l4, &d, snat),
+        Ok((d, snat)) => deliver(ctx, s, ip, l4, &d, snat),
         Err(verdict) => verdict,
     }
 }
@@ -185,6 +180,16 @@ pub fn uplink_fragment(ctx: &TcContext, ip: &Ipv4, l4: &Transport) -> i32 {
     pass_to_stack()
 }
 
+/// The MTU user space recorded for uplink `ifindex` (0: not an uplink, or not recorded).
+#[inline(always)]
+fn uplink_mtu(ifindex: u32) -> u16 {
+    match NP_UPLINKS.get_ptr(ifindex) {
+        // SAFETY: a live map value; field copied out.
+        Some(u) => unsafe { (*u).mtu },
+        None => 0,
+    }
+}
+
 /// True when `addr` is the address of the uplink the packet arrived on.
 #[inline(always)]
 fn is_uplink_addr(ctx: &TcContext, addr: [u8; 4]) -> bool {
@@ -208,12 +213,18 @@ pub fn is_live(nat_entry: *const NatEntry, now: u64, protocol: u8) -> bool {
 
 /// A client's packet of an established published-port flow.
 #[inline(always)]
-pub fn established(ctx: &TcContext, ip: &Ipv4, l4: &Transport, nat_entry: *mut NatEntry) -> i32 {
+pub fn established(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &Transport,
+    nat_entry: *mut NatEntry,
+    now: u64,
+) -> i32 {
     let Some(s) = scratch() else {
         return drop_packet(drop_reason::MAP_UPDATE_FAILED);
     };
-    match prepare_established(ctx, s, ip, l4, nat_entry) {
-        Ok((d, snat)) => deliver(ctx, ip, l4, &d, snat),
+    match prepare_established(ctx, s, ip, l4, nat_entry, now) {
+        Ok((d, snat)) => deliver(ctx, s, ip, l4, &d, snat),
         Err(verdict) => verdict,
     }
 }
@@ -227,6 +238,7 @@ fn prepare_established(
     ip: &Ipv4,
     l4: &Transport,
     nat_entry: *mut NatEntry,
+    now: u64,
 ) -> Result<(Delivery, bool), i32> {
     // SAFETY: a live map value; fields copied out.
     let (orig_addr, orig_port, endpoint_ifindex) = unsafe {
@@ -236,18 +248,36 @@ fn prepare_established(
             (*nat_entry).endpoint_ifindex,
         )
     };
-    let target = Target {
-        endpoint_addr: orig_addr,
-        endpoint_port: orig_port,
-        endpoint_ifindex,
-        flags: 0,
+    // An endpoint talking to its own published port (see the module docs): its source
+    // becomes the gateway's address, which only the network entry has.
+    let snat = eq_ipv4(ip.src, orig_addr);
+    // SAFETY: a live map value; fields copied out.
+    let (ep_mac, gateway_mac) = unsafe { ((*nat_entry).ep_mac, (*nat_entry).gateway_mac) };
+    let d = if !snat && !is_zero_mac(ep_mac) {
+        Delivery {
+            ep_addr: orig_addr,
+            ep_port: orig_port,
+            ep_ifindex: endpoint_ifindex,
+            ep_mac,
+            gateway: [0; 4],
+            gateway_mac,
+        }
+    } else {
+        let target = Target {
+            endpoint_addr: orig_addr,
+            endpoint_port: orig_port,
+            endpoint_ifindex,
+            flags: 0,
+        };
+        let d = resolve(s, &target).map_err(drop_packet)?;
+        // SAFETY: as above; a flow from before the cache existed (a migrated entry) fills it.
+        unsafe {
+            (*nat_entry).ep_mac = d.ep_mac;
+            (*nat_entry).gateway_mac = d.gateway_mac;
+        }
+        d
     };
-    let d = resolve(s, &target).map_err(drop_packet)?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     touch_nat(nat_entry, now, ctx.len() as u64, l4.protocol, l4.tcp_flags);
-    // An endpoint talking to its own published port (see the module docs).
-    let snat = eq_ipv4(ip.src, d.ep_addr);
     Ok((d, snat))
 }
 
@@ -316,8 +346,7 @@ fn start_flow(
     let reply_dst = if snat { d.gateway } else { ip.src };
     // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
     let s = unsafe { &mut *s };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::now();
 
     fill_flow_key_v4(
         &mut s.nat_key,
@@ -336,6 +365,8 @@ fn start_flow(
     s.nat.last_seen_ns = now;
     s.nat.packets = 1;
     s.nat.bytes = ctx.len() as u64;
+    s.nat.ep_mac = d.ep_mac;
+    s.nat.gateway_mac = d.gateway_mac;
     if NP_NAT.insert(&s.nat_key, &s.nat, BPF_ANY as u64).is_err() {
         return Err(drop_packet(drop_reason::MAP_UPDATE_FAILED));
     }
@@ -364,6 +395,9 @@ fn start_flow(
         s.nat.orig_port = l4.src_port;
         s.nat.kind = ct_kind::HAIRPIN_SNAT;
         s.nat.endpoint_ifindex = client_ifindex;
+        // Restores the client only; nothing is delivered through this entry.
+        s.nat.ep_mac = [0; 6];
+        s.nat.gateway_mac = [0; 6];
         if NP_NAT.insert(&s.ct_key, &s.nat, BPF_ANY as u64).is_err() {
             let _ = NP_CT.remove(&s.ct_key);
             let _ = NP_NAT.remove(&s.nat_key);
@@ -376,31 +410,47 @@ fn start_flow(
     Ok((d, snat))
 }
 
-/// Translates the destination to the endpoint (and with `snat_to_gateway` the source to the
-/// endpoint's gateway), decrements the TTL and delivers into the endpoint's namespace, which
-/// sees the packet come from its gateway's MAC.
+/// Prepares delivery into the endpoint's namespace (see `send`): the destination becomes the
+/// endpoint (and with `snat_to_gateway` the source its gateway), the TTL drops by one, and the
+/// endpoint sees the packet come from its gateway's MAC. Returns `send::SEND`, or the verdict
+/// of a drop.
 #[inline(always)]
-fn deliver(ctx: &TcContext, ip: &Ipv4, l4: &Transport, d: &Delivery, snat_to_gateway: bool) -> i32 {
+fn prepare_delivery(
+    s: *mut Scratch,
+    ip: &Ipv4,
+    l4: &Transport,
+    d: &Delivery,
+    snat_to_gateway: bool,
+) -> i32 {
     if ip.ttl <= 1 {
         return drop_packet(drop_reason::TTL_EXCEEDED);
     }
-    if nat::rewrite_destination(ctx, ip, l4, d.ep_addr, d.ep_port).is_err() {
-        return drop_packet(drop_reason::REWRITE_FAILED);
+    // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
+    let t = unsafe { &mut (*s).translation };
+    t.start(ip, l4);
+    t.set_destination(l4, d.ep_addr, d.ep_port);
+    t.set_macs(d.ep_mac, d.gateway_mac);
+    if snat_to_gateway {
+        t.src = d.gateway;
     }
-    if snat_to_gateway
-        && csum::replace_ipv4_addr(ctx, l4.protocol, l4.csum_off, IP_SRC_OFF, ip.src, d.gateway)
-            .is_err()
-    {
-        return drop_packet(drop_reason::REWRITE_FAILED);
+    send::prepare(s, send::how::PEER, d.ep_ifindex, counter::DNAT_IN)
+}
+
+/// `np_uplink`: delivers a client's packet into the endpoint (see [`prepare_delivery`]).
+#[inline(always)]
+fn deliver(
+    ctx: &TcContext,
+    s: *mut Scratch,
+    ip: &Ipv4,
+    l4: &Transport,
+    d: &Delivery,
+    snat_to_gateway: bool,
+) -> i32 {
+    let verdict = prepare_delivery(s, ip, l4, d, snat_to_gateway);
+    if verdict != send::SEND {
+        return verdict;
     }
-    if csum::set_macs(ctx, d.ep_mac, d.gateway_mac).is_err() {
-        return drop_packet(drop_reason::REWRITE_FAILED);
-    }
-    if !fib::redirect_peer(ctx, d.ep_ifindex) {
-        return drop_packet(drop_reason::REDIRECT_FAILED);
-    }
-    count(counter::DNAT_IN);
-    TC_ACT_REDIRECT as i32
+    send::apply(ctx, s, ip, l4)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,7 +465,8 @@ pub const CONTINUE: i32 = i32::MIN;
 ///
 /// Not inlined, and neither is [`hairpin_from_endpoint`]: each is a BPF-to-BPF call with its
 /// own stack frame, never on the same call chain as the other or as masquerade's
-/// `route_out`, so none pushes the program past the 512-byte stack.
+/// `route_out`, so none pushes the program past the 512-byte stack. A reply to send returns
+/// `send::SEND` with its translation prepared.
 #[inline(never)]
 pub fn reply_from_endpoint(
     skb: *mut aya_ebpf::bindings::__sk_buff,
@@ -432,13 +483,10 @@ pub fn reply_from_endpoint(
     reply(&ctx, s, ip, &l4, gateway).unwrap_or(CONTINUE)
 }
 
-/// Returned by [`hairpin_from_endpoint`] when the packet is ready for [`deliver_prepared`].
-pub const DELIVER: i32 = i32::MIN + 1;
-
 /// `np_from_ep`, a TCP/UDP non-fragment that is not a published-port reply: a connection to a
 /// published port through a host address (see [`hairpin`]) is recorded and prepared for
-/// [`deliver_prepared`] (returns [`DELIVER`]), or dropped (returns the verdict); anything else
-/// returns [`CONTINUE`]. Delivery is a separate call so that neither frame holds both.
+/// `send::send_prepared` (returns `send::SEND`), or dropped (returns the verdict); anything
+/// else returns [`CONTINUE`].
 #[inline(never)]
 pub fn hairpin_from_endpoint(
     skb: *mut aya_ebpf::bindings::__sk_buff,
@@ -456,30 +504,8 @@ pub fn hairpin_from_endpoint(
     match hairpin(&ctx, s, ip, &l4, gateway, client_ifindex) {
         None => CONTINUE,
         Some(Err(verdict)) => verdict,
-        Some(Ok((d, snat))) => {
-            // SAFETY: this CPU's scratch slot.
-            unsafe {
-                (*s).prepared = d;
-                (*s).prepared_snat = snat;
-            }
-            DELIVER
-        }
+        Some(Ok((d, snat))) => prepare_delivery(s, ip, &l4, &d, snat),
     }
-}
-
-/// Delivers the packet [`hairpin_from_endpoint`] prepared.
-#[inline(never)]
-pub fn deliver_prepared(skb: *mut aya_ebpf::bindings::__sk_buff, ip: &Ipv4) -> i32 {
-    let ctx = TcContext::new(skb);
-    let Ok(l4) = parse::transport(&ctx, ip, ICMP_ECHO_REQUEST) else {
-        return drop_packet(drop_reason::MALFORMED);
-    };
-    let Some(s) = scratch() else {
-        return drop_packet(drop_reason::MAP_UPDATE_FAILED);
-    };
-    // SAFETY: this CPU's scratch slot, filled by `hairpin_from_endpoint` in this run.
-    let (d, snat) = unsafe { ((*s).prepared, (*s).prepared_snat) };
-    deliver(&ctx, ip, &l4, &d, snat)
 }
 
 /// `np_from_ep`: the endpoint's reply on a published-port flow (`NP_CT` kind `DNAT`), sent
@@ -501,11 +527,34 @@ fn reply(
     if kind != ct_kind::DNAT {
         return None;
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::now();
     touch_ct(ct, now, ctx.len() as u64, l4.protocol, l4.tcp_flags);
+    // SAFETY: the route cache inside the live entry.
+    let route = unsafe { &raw mut (*ct).route };
+    if ip.ttl > 1 && fib::cached_route_usable(ctx, route, now, ip, l4) {
+        // SAFETY: as above; fields copied out.
+        let (dmac, smac, ifindex, flags) = unsafe {
+            (
+                (*route).dst_mac,
+                (*route).src_mac,
+                (*route).ifindex,
+                (*route).flags,
+            )
+        };
+        let t = reply_translation(s, ip, l4, nat_addr, nat_port, ip.dst, l4.dst_port);
+        t.set_macs(dmac, smac);
+        let how = if flags & route_flags::PEER != 0 {
+            send::how::PEER
+        } else {
+            send::how::REDIRECT
+        };
+        return Some(send::prepare(s, how, ifindex, counter::DNAT_REPLY_OUT));
+    }
     let mut client = ip.dst;
     let mut client_port = l4.dst_port;
+    // The reply of an endpoint that reached its own published port goes to itself: never
+    // cached (its destination differs from the packet's), so `route` is passed as null.
+    let mut cache = route;
     if eq_ipv4(ip.dst, gateway)
         // SAFETY: the key in scratch memory, unchanged since.
         && let Some(n) = NP_NAT.get_ptr(unsafe { &*key })
@@ -515,6 +564,7 @@ fn reply(
             if (*n).kind == ct_kind::HAIRPIN_SNAT {
                 client = v4_of(&(*n).orig_addr);
                 client_port = (*n).orig_port;
+                cache = core::ptr::null_mut();
             }
         }
     }
@@ -527,12 +577,16 @@ fn reply(
         nat_port,
         client,
         client_port,
+        cache,
+        now,
     ))
 }
 
-/// Rewrites a reply's source to the published `nat_addr:nat_port` (and its destination to
-/// `client:client_port` if that differs) and sends it to the client: into its namespace if it
-/// is an endpoint (hairpin), else out of the interface the FIB names.
+/// Prepares a reply (see `send`): its source becomes the published `nat_addr:nat_port` (and
+/// its destination `client:client_port` if that differs), and it goes to the client: into its
+/// namespace if it is an endpoint (hairpin), else out of the interface the FIB names. The way
+/// it goes is recorded in `cache` (the flow's cached route; null: not cached). Returns
+/// `send::SEND`, or the verdict of a drop or of passing the packet to the stack.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn send_reply(
@@ -544,6 +598,8 @@ fn send_reply(
     nat_port: [u8; 2],
     client: [u8; 4],
     client_port: [u8; 2],
+    cache: *mut netpath_common::CachedRoute,
+    now: u64,
 ) -> i32 {
     if ip.ttl <= 1 {
         return drop_packet(drop_reason::TTL_EXCEEDED);
@@ -557,16 +613,21 @@ fn send_reply(
         };
         // SAFETY: a live map value; field copied out.
         let dest_gateway_mac = unsafe { (*net).gateway_mac };
-        if rewrite_reply(ctx, ip, l4, nat_addr, nat_port, client, client_port).is_err()
-            || csum::set_macs(ctx, dest_mac, dest_gateway_mac).is_err()
-        {
-            return drop_packet(drop_reason::REWRITE_FAILED);
+        let t = reply_translation(s, ip, l4, nat_addr, nat_port, client, client_port);
+        t.set_macs(dest_mac, dest_gateway_mac);
+        if !cache.is_null() {
+            let peer = route_flags::PEER;
+            fib::cache_route(
+                cache,
+                now,
+                dest_ifindex,
+                0,
+                peer,
+                dest_mac,
+                dest_gateway_mac,
+            );
         }
-        if !fib::redirect_peer(ctx, dest_ifindex) {
-            return drop_packet(drop_reason::REDIRECT_FAILED);
-        }
-        count(counter::DNAT_REPLY_OUT);
-        return TC_ACT_REDIRECT as i32;
+        return send::prepare(s, send::how::PEER, dest_ifindex, counter::DNAT_REPLY_OUT);
     }
 
     // Route the packet as it will be after translation.
@@ -582,42 +643,37 @@ fn send_reply(
         Route::Stack => return pass_to_stack(),
         Route::Failed => return drop_packet(drop_reason::NO_ROUTE),
     };
-    if rewrite_reply(ctx, ip, l4, nat_addr, nat_port, client, client_port).is_err() {
-        return drop_packet(drop_reason::REWRITE_FAILED);
+    reply_translation(s, ip, l4, nat_addr, nat_port, client, client_port);
+    if let Route::Forward {
+        mtu, smac, dmac, ..
+    } = route
+        && !cache.is_null()
+    {
+        let mtu = if mtu != 0 { mtu } else { uplink_mtu(egress) };
+        fib::cache_route(cache, now, egress, mtu, 0, dmac, smac);
     }
-    if let Err(reason) = fib::send_along(ctx, &route, egress) {
-        return drop_packet(reason);
-    }
-    count(counter::DNAT_REPLY_OUT);
-    TC_ACT_REDIRECT as i32
+    send::prepare_along(s, &route, egress, counter::DNAT_REPLY_OUT)
 }
 
-/// Source to the published address and port (TTL decremented), destination to the client.
+/// Starts the reply's translation in scratch memory: source to the published address and
+/// port, destination to the client.
 #[inline(always)]
-fn rewrite_reply(
-    ctx: &TcContext,
+fn reply_translation(
+    s: *mut Scratch,
     ip: &Ipv4,
     l4: &Transport,
     nat_addr: [u8; 4],
     nat_port: [u8; 2],
     client: [u8; 4],
     client_port: [u8; 2],
-) -> Result<(), csum::RewriteFailed> {
-    nat::rewrite_source(ctx, ip, l4, nat_addr, nat_port)?;
-    if !eq_ipv4(client, ip.dst) {
-        csum::replace_ipv4_addr(ctx, l4.protocol, l4.csum_off, IP_DST_OFF, ip.dst, client)?;
-    }
-    if !eq_port(client_port, l4.dst_port) {
-        csum::replace_l4_u16(
-            ctx,
-            l4.protocol,
-            l4.csum_off,
-            l4.dst_port_off,
-            l4.dst_port,
-            client_port,
-        )?;
-    }
-    Ok(())
+) -> &'static mut csum::Translation {
+    // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
+    let t = unsafe { &mut (*s).translation };
+    t.start(ip, l4);
+    t.set_source(nat_addr, nat_port);
+    t.dst = client;
+    t.dst_port = client_port;
+    t
 }
 
 /// `np_from_ep`: an endpoint's packet to a published port through one of the host's addresses
@@ -639,10 +695,9 @@ fn hairpin(
     if let Some(nat_entry) = NP_NAT.get_ptr_mut(unsafe { &*key }) {
         // SAFETY: a live map value; field read once.
         let kind = unsafe { (*nat_entry).kind };
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = conntrack::now();
         if kind == ct_kind::DNAT && is_live(nat_entry, now, l4.protocol) {
-            return Some(prepare_established(ctx, s, ip, l4, nat_entry));
+            return Some(prepare_established(ctx, s, ip, l4, nat_entry, now));
         }
     }
     let target = match exact(s, ip.dst, l4) {

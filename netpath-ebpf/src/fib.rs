@@ -1,5 +1,6 @@
-//! Owns route lookups (`bpf_fib_lookup`) and the redirects that send a packet out: to the peer
-//! of an endpoint's veth, or out of an uplink to the next hop.
+//! Owns route lookups (`bpf_fib_lookup`), the routes flows cache from them (`CachedRoute` in
+//! their conntrack entry), and the redirects that send a packet out: to the peer of an
+//! endpoint's veth, or out of an uplink to the next hop.
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -13,9 +14,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use netpath_common::drop_reason;
+use netpath_common::{CachedRoute, ROUTE_RECHECK_NS, route_flags};
 
-use crate::{csum, parse::Ipv4, zero::zero_in_place};
+use crate::{
+    parse::{ETH_HLEN, Ipv4, Transport},
+    zero::zero_in_place,
+};
 
 const AF_INET: u8 = 2;
 /// `skb->pkt_type` of a packet addressed to this host (uapi `linux/if_packet.h`).
@@ -23,9 +27,11 @@ const PACKET_HOST: u32 = 0;
 
 /// What the FIB says about a packet that is not for the endpoint's own network.
 pub enum Route {
-    /// Leaves by `ifindex` to a next hop whose MAC is known.
+    /// Leaves by `ifindex` to a next hop whose MAC is known. `mtu`: the egress MTU where the
+    /// kernel reports it (Linux >= 5.12), else 0.
     Forward {
         ifindex: u32,
+        mtu: u16,
         smac: [u8; 6],
         dmac: [u8; 6],
     },
@@ -90,6 +96,8 @@ pub fn lookup_v4_in(
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
             ifindex,
+            // SAFETY: a plain u16 in the union; older kernels leave the 0 written above.
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
             smac: params.smac,
             dmac: params.dmac,
         },
@@ -151,22 +159,75 @@ pub fn redirect_neigh(ifindex: u32) -> bool {
     redirected(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
 }
 
-/// Sends a rewritten packet out along a FIB result: the looked-up MACs then `bpf_redirect`, or
-/// `bpf_redirect_neigh` when the next hop is not resolved yet. `Err` is the drop reason.
-#[inline(always)]
-pub fn send_along(ctx: &TcContext, route: &Route, egress: u32) -> Result<(), u32> {
-    let sent = match route {
-        Route::Forward { smac, dmac, .. } => {
-            if csum::set_macs(ctx, *dmac, *smac).is_err() {
-                return Err(drop_reason::REWRITE_FAILED);
-            }
-            redirect(egress)
+impl Route {
+    /// The next hop's MACs (destination, source) when the FIB resolved them: the translation
+    /// writes them; otherwise `bpf_redirect_neigh` fills both (see `send::prepare_along`).
+    #[inline(always)]
+    pub fn macs(&self) -> Option<([u8; 6], [u8; 6])> {
+        match self {
+            Route::Forward { smac, dmac, .. } => Some((*dmac, *smac)),
+            _ => None,
         }
-        _ => redirect_neigh(egress),
+    }
+}
+
+/// True when a flow's cached route may carry this packet: it is known, younger than
+/// `ROUTE_RECHECK_NS`, and the packet fits the egress MTU (a segmentation-offload packet by
+/// the size of the segments it will be cut into, as the kernel's own forwarding check does).
+#[inline(always)]
+pub fn cached_route_usable(
+    ctx: &TcContext,
+    route: *const CachedRoute,
+    now: u64,
+    ip: &Ipv4,
+    l4: &Transport,
+) -> bool {
+    // SAFETY: `route` points into a live map value; fields copied out.
+    let (ifindex, checked, mtu, flags) = unsafe {
+        (
+            (*route).ifindex,
+            (*route).checked_ns,
+            (*route).mtu,
+            (*route).flags,
+        )
     };
-    if sent {
-        Ok(())
+    if ifindex == 0 || now.saturating_sub(checked) > ROUTE_RECHECK_NS {
+        return false;
+    }
+    if flags & route_flags::PEER != 0 {
+        return true;
+    }
+    // SAFETY: `skb` is the context pointer the program was called with.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size } as usize;
+    let ip_len = if gso_size == 0 {
+        (ctx.len() as usize).saturating_sub(ETH_HLEN)
     } else {
-        Err(drop_reason::REDIRECT_FAILED)
+        ip.l4_off - ETH_HLEN + l4.header_len as usize + gso_size
+    };
+    mtu != 0 && ip_len <= mtu as usize
+}
+
+/// Records where a flow's packets went after a full lookup. `mtu` 0 on a route out of an
+/// uplink means "unknown": the route is not cached (every packet then takes the full lookup).
+#[inline(always)]
+pub fn cache_route(
+    route: *mut CachedRoute,
+    now: u64,
+    ifindex: u32,
+    mtu: u16,
+    flags: u8,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) {
+    let usable = flags & route_flags::PEER != 0 || mtu != 0;
+    // SAFETY: `route` points into a live map value; concurrent writers only race on a cache
+    // that the next full lookup rewrites anyway. `ifindex` goes last: it marks the entry valid.
+    unsafe {
+        (*route).checked_ns = now;
+        (*route).mtu = mtu;
+        (*route).flags = flags;
+        (*route).dst_mac = dst_mac;
+        (*route).src_mac = src_mac;
+        (*route).ifindex = if usable { ifindex } else { 0 };
     }
 }

@@ -9,7 +9,6 @@
 //! by addressing another network's endpoint through the gateway's MAC.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::generated::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use netpath_common::{
@@ -17,12 +16,13 @@ use netpath_common::{
 };
 
 use crate::{
-    conntrack::{addr_key_v4, flow_key_v4},
+    conntrack::{self, addr_key_v4, fill_flow_key_v4},
     csum, dnat,
     fib::{self, Route},
     maps::{NP_ENDPOINTS, NP_EP_BY_ADDR, NP_NETWORKS, NP_UPLINKS},
     nat::{self, Mapping, SnatRequest},
     parse::{self, ETH_P_IP, ICMP_ECHO_REQUEST, Ipv4, TransportError, eq_ipv4, eq_mac, v4_of},
+    send,
     stats::{count, drop_packet, pass_to_stack},
 };
 
@@ -78,17 +78,14 @@ pub fn handle(ctx: TcContext) -> i32 {
     if !ip.is_fragment && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
         let verdict = dnat::reply_from_endpoint(ctx.skb.skb, &ip, net.gateway);
         if verdict != dnat::CONTINUE {
-            return verdict;
+            return carry_out(ctx.skb.skb, &ip, verdict);
         }
         // Internal networks reach nothing but their gateway's own services.
         if net.flags & network_flags::INTERNAL == 0 {
             let verdict =
                 dnat::hairpin_from_endpoint(ctx.skb.skb, &ip, net.gateway, ep.host_ifindex);
-            if verdict == dnat::DELIVER {
-                return dnat::deliver_prepared(ctx.skb.skb, &ip);
-            }
             if verdict != dnat::CONTINUE {
-                return verdict;
+                return carry_out(ctx.skb.skb, &ip, verdict);
             }
         }
     }
@@ -129,7 +126,18 @@ pub fn handle(ctx: TcContext) -> i32 {
         // Something else on the bridge (not a netpath endpoint) or the subnet broadcast.
         return pass_to_stack();
     }
-    route_out(ctx.skb.skb, &ep, &net, &ip)
+    let verdict = route_out(ctx.skb.skb, &ep, &net, &ip);
+    carry_out(ctx.skb.skb, &ip, verdict)
+}
+
+/// A deciding subprogram's verdict, with a prepared packet (`send::SEND`) sent.
+#[inline(always)]
+fn carry_out(skb: *mut aya_ebpf::bindings::__sk_buff, ip: &Ipv4, verdict: i32) -> i32 {
+    if verdict == send::SEND {
+        send::send_prepared(skb, ip)
+    } else {
+        verdict
+    }
 }
 
 /// The sender's `NP_ENDPOINTS` entry, as far as this program uses it.
@@ -168,6 +176,7 @@ fn in_subnet(addr: [u8; 4], net: &Network) -> bool {
 ///
 /// Not inlined: its frame (FIB result, masquerade request) is then never on the same call
 /// chain as the published-port subprograms, which keeps every chain within the 512-byte stack.
+/// A packet to masquerade returns `send::SEND` with its translation prepared.
 #[inline(never)]
 fn route_out(
     skb: *mut aya_ebpf::bindings::__sk_buff,
@@ -242,32 +251,34 @@ fn route_out(
     let Some(scratch) = nat::scratch() else {
         return drop_packet(drop_reason::MAP_UPDATE_FAILED);
     };
+    // Field by field: a struct literal would be built on the stack first and copied.
     // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
-    unsafe {
-        (*scratch).req = SnatRequest {
-            orig: flow_key_v4(ip.src, ip.dst, l4.src_port, l4.dst_port, l4.protocol).0,
-            uplink_addr,
-            uplink_ifindex: egress,
-            endpoint_ifindex: ep.host_ifindex,
-            // SAFETY: helper without arguments.
-            now: bpf_ktime_get_ns(),
-            bytes: ctx.len() as u64,
-            tcp_flags: l4.tcp_flags,
-        };
-    }
+    let req: &mut SnatRequest = unsafe { &mut (*scratch).req };
+    fill_flow_key_v4(
+        &mut req.orig,
+        ip.src,
+        ip.dst,
+        l4.src_port,
+        l4.dst_port,
+        l4.protocol,
+    );
+    req.uplink_addr = uplink_addr;
+    req.uplink_ifindex = egress;
+    req.endpoint_ifindex = ep.host_ifindex;
+    req.endpoint_mac = ep.mac;
+    req.network_id = ep.network_id;
+    req.now = conntrack::now();
+    req.bytes = ctx.len() as u64;
+    req.tcp_flags = l4.tcp_flags;
     let reason = nat::snat_mapping(scratch);
     if reason != 0 {
         return drop_packet(reason);
     }
     // SAFETY: as above; `snat_mapping` left the result there.
     let mapping: Mapping = unsafe { (*scratch).mapping };
-    if nat::rewrite_source(ctx, ip, &l4, v4_of(&mapping.addr), mapping.port).is_err() {
-        return drop_packet(drop_reason::REWRITE_FAILED);
-    }
-
-    if let Err(reason) = fib::send_along(ctx, &route, egress) {
-        return drop_packet(reason);
-    }
-    count(counter::SNAT_OUT);
-    TC_ACT_REDIRECT as i32
+    // SAFETY: as above (the published-port scratch slot, also free here).
+    let t = unsafe { &mut (*s).translation };
+    t.start(ip, &l4);
+    t.set_source(v4_of(&mapping.addr), mapping.port);
+    send::prepare_along(s, &route, egress, counter::SNAT_OUT)
 }

@@ -11,18 +11,16 @@
 //!   netpath does not reassemble (outgoing fragments are dropped as `FRAGMENT` for the same
 //!   reason, so a masqueraded flow only gets fragments back when a remote fragments a reply).
 //!   A first fragment addressed to a published port is dropped as `FRAGMENT`.
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT, helpers::generated::bpf_ktime_get_ns, programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use netpath_common::{counter, ct_kind, drop_reason};
 
 use crate::{
-    conntrack::{addr_key_v4, flow_key_v4, touch_nat},
-    csum, dnat, fib,
+    conntrack::{self, addr_key_v4, flow_key_v4, touch_nat},
+    dnat,
     maps::{NP_EP_BY_ADDR, NP_NAT, NP_NETWORKS},
-    nat,
-    parse::{self, ETH_P_IP, ICMP_ECHO_REPLY, TCP_ACK, TCP_SYN, v4_of},
-    stats::{count, drop_packet, pass_to_stack},
+    parse::{self, ETH_P_IP, ICMP_ECHO_REPLY, TCP_ACK, TCP_SYN, is_zero_mac, v4_of},
+    send,
+    stats::{drop_packet, pass_to_stack},
 };
 
 pub fn handle(ctx: TcContext) -> i32 {
@@ -50,16 +48,15 @@ pub fn handle(ctx: TcContext) -> i32 {
     };
     // SAFETY: a live map value; field read once.
     let kind = unsafe { (*nat_entry).kind };
+    let now = conntrack::now();
     if kind == ct_kind::DNAT {
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
         // A SYN (without ACK) is a new connection even on a reused source port: it goes
         // through NP_PORTS again, so an unpublished port stops it, and the flow's reply entry
         // (which another host port to the same endpoint port may have taken meanwhile: inside
         // the endpoint both flows look alike) is written anew.
         let new_connection = l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !new_connection && dnat::is_live(nat_entry, now, l4.protocol) {
-            return dnat::established(&ctx, &ip, &l4, nat_entry);
+            return dnat::established(&ctx, &ip, &l4, nat_entry, now);
         }
         return dnat::uplink_new_flow(&ctx, &ip, &l4);
     }
@@ -76,42 +73,50 @@ pub fn handle(ctx: TcContext) -> i32 {
         )
     };
 
-    // The endpoint must still exist on the veth the mapping was made for; a mapping left by a
-    // removed endpoint must not deliver to a new endpoint that reuses the address.
-    let Some(ep) = NP_EP_BY_ADDR.get_ptr(&addr_key_v4(v4_of(&orig_addr)).0) else {
-        return drop_packet(drop_reason::UNKNOWN_ENDPOINT);
-    };
+    // Where the endpoint's packets are delivered, cached in the entry when the mapping was
+    // made. An entry without them (migrated from an older netpath) is completed from the
+    // endpoint tables once; the endpoint must still sit on the veth the mapping was made for,
+    // so a mapping left by a removed endpoint never delivers to a new one with its address.
     // SAFETY: a live map value; fields copied out.
-    let (ep_mac, ep_ifindex, network_id) =
-        unsafe { ((*ep).mac, (*ep).host_ifindex, (*ep).network_id) };
-    if ep_ifindex != endpoint_ifindex {
-        return drop_packet(drop_reason::UNKNOWN_ENDPOINT);
+    let (mut ep_mac, mut gateway_mac) = unsafe { ((*nat_entry).ep_mac, (*nat_entry).gateway_mac) };
+    if is_zero_mac(ep_mac) {
+        let Some(ep) = NP_EP_BY_ADDR.get_ptr(&addr_key_v4(v4_of(&orig_addr)).0) else {
+            return drop_packet(drop_reason::UNKNOWN_ENDPOINT);
+        };
+        // SAFETY: a live map value; fields copied out.
+        let (mac, ep_ifindex, network_id) =
+            unsafe { ((*ep).mac, (*ep).host_ifindex, (*ep).network_id) };
+        if ep_ifindex != endpoint_ifindex {
+            return drop_packet(drop_reason::UNKNOWN_ENDPOINT);
+        }
+        let Some(net) = NP_NETWORKS.get_ptr(network_id) else {
+            return drop_packet(drop_reason::UNKNOWN_NETWORK);
+        };
+        ep_mac = mac;
+        // SAFETY: live map values; fields copied out and into the flow's entry.
+        unsafe {
+            gateway_mac = (*net).gateway_mac;
+            (*nat_entry).ep_mac = ep_mac;
+            (*nat_entry).gateway_mac = gateway_mac;
+        }
     }
-    let Some(net) = NP_NETWORKS.get_ptr(network_id) else {
-        return drop_packet(drop_reason::UNKNOWN_NETWORK);
-    };
-    // SAFETY: a live map value; field copied out.
-    let gateway_mac = unsafe { (*net).gateway_mac };
 
     if ip.ttl <= 1 {
         // Forwarding would need ICMP time exceeded; the stack would instead take the packet
         // as its own (it is addressed to the uplink) and might answer with a TCP reset.
         return drop_packet(drop_reason::TTL_EXCEEDED);
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     touch_nat(nat_entry, now, ctx.len() as u64, l4.protocol, l4.tcp_flags);
 
-    if nat::rewrite_destination(&ctx, &ip, &l4, v4_of(&orig_addr), orig_port).is_err() {
-        return drop_packet(drop_reason::REWRITE_FAILED);
-    }
     // The endpoint sees the packet come from its gateway, as if the bridge had routed it.
-    if csum::set_macs(&ctx, ep_mac, gateway_mac).is_err() {
-        return drop_packet(drop_reason::REWRITE_FAILED);
-    }
-    if !fib::redirect_peer(&ctx, endpoint_ifindex) {
-        return drop_packet(drop_reason::REDIRECT_FAILED);
-    }
-    count(counter::SNAT_REPLY_IN);
-    TC_ACT_REDIRECT as i32
+    let Some(s) = dnat::scratch() else {
+        return drop_packet(drop_reason::MAP_UPDATE_FAILED);
+    };
+    // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
+    let t = unsafe { &mut (*s).translation };
+    t.start(&ip, &l4);
+    t.set_destination(&l4, v4_of(&orig_addr), orig_port);
+    t.set_macs(ep_mac, gateway_mac);
+    send::prepare(s, send::how::PEER, endpoint_ifindex, counter::SNAT_REPLY_IN);
+    send::apply(&ctx, s, &ip, &l4)
 }

@@ -13,6 +13,7 @@ mod maps;
 mod nat;
 mod parse;
 mod ports;
+mod send;
 mod sock;
 mod stats;
 mod zero;

@@ -1,25 +1,20 @@
 //! Owns masquerade (source NAT): finding or allocating the mapping of a flow, keeping the
-//! conntrack (`NP_CT`) and reverse NAT (`NP_NAT`) entries consistent, and rewriting a
-//! packet's source (going out) or destination (replies coming back).
+//! conntrack (`NP_CT`) and reverse NAT (`NP_NAT`) entries consistent. The packets themselves
+//! are rewritten by `csum::translate`.
 //!
 //! The NAT entry is written first (it is the one that can collide), the conntrack entry
 //! second; if the second write fails the first is removed, so a reply key never points at a
 //! flow that has no conntrack entry because of us.
-//!
-//! Published ports (`dnat`) reuse `rewrite_destination` for DNAT and `rewrite_source` for the
-//! reverse translation in `np_from_ep`.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_get_prandom_u32,
-    programs::TcContext,
 };
 use netpath_common::{ConntrackEntry, FlowKey, NatEntry, counter, ct_kind, ct_state, drop_reason};
 
 use crate::{
     conntrack::{self, is_idle, orig_key_of, reply_key, timeout_ns, touch_ct},
-    csum::{self, RewriteFailed},
-    maps::{NP_CT, NP_NAT, NP_SCRATCH},
-    parse::{IP_DST_OFF, IP_SRC_OFF, Ipv4, Transport, eq_addr, eq_port, v4_of},
+    maps::{NP_CT, NP_NAT, NP_NETWORKS, NP_SCRATCH},
+    parse::{eq_addr, eq_port, v4_of},
     stats::count,
     zero::zeroed,
 };
@@ -47,8 +42,11 @@ pub struct SnatRequest {
     /// Address of the uplink the packet leaves by.
     pub uplink_addr: [u8; 16],
     pub uplink_ifindex: u32,
-    /// Host-side veth of the endpoint: where replies are delivered.
+    /// Host-side veth of the endpoint: where replies are delivered ...
     pub endpoint_ifindex: u32,
+    /// ... with the endpoint's MAC and its network's gateway MAC (`NP_NETWORKS`).
+    pub endpoint_mac: [u8; 6],
+    pub network_id: u32,
     pub now: u64,
     pub bytes: u64,
     pub tcp_flags: u8,
@@ -196,6 +194,15 @@ fn fill_nat_entry(s: &mut Scratch) {
     s.nat.orig_port = s.req.orig.src_port;
     s.nat.kind = ct_kind::SNAT;
     s.nat.endpoint_ifindex = s.req.endpoint_ifindex;
+    s.nat.ep_mac = s.req.endpoint_mac;
+    // Missing network (only while it is being removed): the uplink program completes the
+    // entry from the endpoint tables on the first reply, or drops it.
+    if let Some(net) = NP_NETWORKS.get_ptr(s.req.network_id) {
+        // SAFETY: a live map value; field copied out.
+        s.nat.gateway_mac = unsafe { (*net).gateway_mac };
+    } else {
+        s.nat.ep_mac = [0; 6];
+    }
     s.nat.last_seen_ns = s.req.now;
 }
 
@@ -307,49 +314,4 @@ fn flow_hash(k: &FlowKey) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
-}
-
-/// Rewrites an outgoing packet's source to `new_addr:new_port` (for ICMP echo: the identifier)
-/// and decrements its TTL, as a router does.
-#[inline(always)]
-pub fn rewrite_source(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    l4: &Transport,
-    new_addr: [u8; 4],
-    new_port: [u8; 2],
-) -> Result<(), RewriteFailed> {
-    csum::replace_ipv4_addr(ctx, l4.protocol, l4.csum_off, IP_SRC_OFF, ip.src, new_addr)?;
-    csum::replace_l4_u16(
-        ctx,
-        l4.protocol,
-        l4.csum_off,
-        l4.src_port_off,
-        l4.src_port,
-        new_port,
-    )?;
-    csum::decrement_ttl(ctx, ip.ttl, ip.protocol)
-}
-
-/// Rewrites an incoming packet's destination to `new_addr:new_port` (for ICMP echo replies:
-/// the identifier) and decrements its TTL.
-#[inline(always)]
-pub fn rewrite_destination(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    l4: &Transport,
-    new_addr: [u8; 4],
-    new_port: [u8; 2],
-) -> Result<(), RewriteFailed> {
-    let old_port = l4.dst_port_in_packet();
-    csum::replace_ipv4_addr(ctx, l4.protocol, l4.csum_off, IP_DST_OFF, ip.dst, new_addr)?;
-    csum::replace_l4_u16(
-        ctx,
-        l4.protocol,
-        l4.csum_off,
-        l4.dst_port_off,
-        old_port,
-        new_port,
-    )?;
-    csum::decrement_ttl(ctx, ip.ttl, ip.protocol)
 }

@@ -1,9 +1,9 @@
 //! Owns bounds-checked reads of Ethernet, IPv4 and L4 headers.
 //!
 //! Parsers copy the fields they return out of the packet: no packet pointer outlives the
-//! function that checked it. Every later write goes through helpers (`bpf_skb_store_bytes`,
-//! `bpf_l3/l4_csum_replace`) at fixed offsets, so no pointer can go stale when a helper
-//! changes the packet, and callers that need more fields simply parse again.
+//! function that checked it. Writes (`csum::translate`) derive and check their own pointers,
+//! so no pointer can go stale when a helper changes the packet, and callers that need more
+//! fields simply parse again.
 use aya_ebpf::programs::TcContext;
 use netpath_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
@@ -11,11 +11,14 @@ use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp:
 pub const ETH_HLEN: usize = EthHdr::LEN;
 pub const ETH_P_IP: u16 = 0x0800;
 
-/// Offsets of the IPv4 fields netpath rewrites (the header always starts right after Ethernet).
+/// Offsets of the IPv4 fields netpath rewrites (the header always starts right after Ethernet,
+/// and these sit before any option).
 pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IP_CHECK_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
+/// Ethernet plus the fixed IPv4 header up to the destination address.
+pub const L2_L3_FIXED_LEN: usize = IP_DST_OFF + 4;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
@@ -101,26 +104,37 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4, Malformed> {
     ensure_linear(ctx, ETH_HLEN + Ipv4Hdr::LEN)?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: `ptr_at` checked that the fixed 20-byte header is inside the packet.
-    let h = unsafe { *ip };
-    if h.vihl >> 4 != 4 {
+    let vihl = unsafe { (*ip).vihl };
+    if vihl >> 4 != 4 {
         return Err(Malformed);
     }
-    let header_len = ((h.vihl & 0x0f) as usize) * 4;
+    let header_len = ((vihl & 0x0f) as usize) * 4;
     if header_len < Ipv4Hdr::LEN {
         return Err(Malformed);
     }
+    // Options must be present too: L4 offsets are computed from IHL. Pulling them may move
+    // the packet, so the header is found again afterwards and read only then.
+    ensure_linear(ctx, ETH_HLEN + header_len)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: as above. Each address is read as one 32-bit word: byte by byte, the eight
+    // bytes would each take a register or a stack slot of the callers' tight frames.
+    let (h, src, dst) = unsafe {
+        (
+            *ip,
+            (&raw const (*ip).src_addr as *const u32).read_unaligned(),
+            (&raw const (*ip).dst_addr as *const u32).read_unaligned(),
+        )
+    };
     let tot_len = u16::from_be_bytes(h.tot_len) as usize;
     let available = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     // `tot_len` may be shorter than what follows Ethernet (minimum-size frames are padded).
     if tot_len < header_len || tot_len > available {
         return Err(Malformed);
     }
-    // Options must be present too: L4 offsets are computed from IHL.
-    ensure_linear(ctx, ETH_HLEN + header_len)?;
     let frags = u16::from_be_bytes(h.frags);
     Ok(Ipv4 {
-        src: h.src_addr,
-        dst: h.dst_addr,
+        src: src.to_ne_bytes(),
+        dst: dst.to_ne_bytes(),
         protocol: h.proto,
         ttl: h.ttl,
         tos: h.tos,
@@ -139,27 +153,14 @@ pub struct Transport {
     pub protocol: u8,
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
-    /// Offset of the field that holds `src_port` (ICMP: the identifier).
+    /// Offset of the field that holds `src_port` (ICMP: the identifier); TCP and UDP have the
+    /// destination port right after it.
     pub src_port_off: usize,
-    /// Offset of the field that holds the destination port (ICMP: the identifier too, since
-    /// a reply carries the translated identifier where a request carried the original).
-    pub dst_port_off: usize,
     pub csum_off: usize,
     /// TCP flags byte; zero for other protocols.
     pub tcp_flags: u8,
-}
-
-impl Transport {
-    /// The bytes currently at `dst_port_off` (for ICMP the identifier, which the flow key
-    /// keeps in `src_port`).
-    #[inline(always)]
-    pub fn dst_port_in_packet(&self) -> [u8; 2] {
-        if self.protocol == IPPROTO_ICMP {
-            self.src_port
-        } else {
-            self.dst_port
-        }
-    }
+    /// Length of the L4 header (TCP: data offset, options included; UDP and ICMP echo: 8).
+    pub header_len: u8,
 }
 
 /// Why [`transport`] could not return ports.
@@ -188,16 +189,17 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4, echo_type: u8) -> Result<Transport,
             // SAFETY: `ptr_at` checked that the 20-byte TCP header is inside the packet.
             let (src_port, dst_port) = unsafe { ((*tcp).source, (*tcp).dest) };
             let flags = ptr_at::<[u8; 14]>(ctx, off)?;
-            // SAFETY: same check (14 < 20 bytes); byte 13 holds the flags.
-            let tcp_flags = unsafe { (*flags)[13] };
+            // SAFETY: same check (14 < 20 bytes); byte 12 holds the data offset, byte 13 the
+            // flags.
+            let (data_offset, tcp_flags) = unsafe { ((*flags)[12], (*flags)[13]) };
             Ok(Transport {
                 protocol: IPPROTO_TCP,
                 src_port,
                 dst_port,
                 src_port_off: off,
-                dst_port_off: off + 2,
                 csum_off: off + 16,
                 tcp_flags,
+                header_len: (data_offset >> 4) * 4,
             })
         }
         IPPROTO_UDP => {
@@ -210,9 +212,9 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4, echo_type: u8) -> Result<Transport,
                 src_port,
                 dst_port,
                 src_port_off: off,
-                dst_port_off: off + 2,
                 csum_off: off + 6,
                 tcp_flags: 0,
+                header_len: UdpHdr::LEN as u8,
             })
         }
         IPPROTO_ICMP => {
@@ -228,9 +230,9 @@ pub fn transport(ctx: &TcContext, ip: &Ipv4, echo_type: u8) -> Result<Transport,
                 src_port: [rest[0], rest[1]],
                 dst_port: [0, 0],
                 src_port_off: off + 4,
-                dst_port_off: off + 4,
                 csum_off: off + 2,
                 tcp_flags: 0,
+                header_len: Icmpv4Hdr::LEN as u8,
             })
         }
         _ => Err(TransportError::Unsupported),
@@ -256,6 +258,12 @@ pub fn eq_mac(a: [u8; 6], b: [u8; 6]) -> bool {
         && u16::from_ne_bytes([a[4], a[5]]) == u16::from_ne_bytes([b[4], b[5]])
 }
 
+/// True for the all-zero MAC: a cache field not filled yet.
+#[inline(always)]
+pub fn is_zero_mac(a: [u8; 6]) -> bool {
+    eq_mac(a, [0; 6])
+}
+
 /// Compares two 16-byte [`netpath_common::Addr`]s.
 #[inline(always)]
 pub fn eq_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
@@ -265,8 +273,10 @@ pub fn eq_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     word(a_lo) == word(b_lo) && word(a_hi) == word(b_hi)
 }
 
-/// The IPv4 address in bytes 0..4 of an [`netpath_common::Addr`].
+/// The IPv4 address in bytes 0..4 of an [`netpath_common::Addr`], read as one 32-bit word
+/// (byte by byte, each byte can take a register or a stack slot of its own).
 #[inline(always)]
 pub fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[0], addr[1], addr[2], addr[3]]
+    // SAFETY: `addr` is 16 readable bytes; the read needs no alignment.
+    unsafe { (addr.as_ptr() as *const u32).read_unaligned() }.to_ne_bytes()
 }

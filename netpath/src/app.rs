@@ -248,7 +248,8 @@ impl App {
             entries.push(UplinkEntry {
                 addr: addr_v4(addr.octets()),
                 family: FAMILY_IPV4,
-                _pad: [0; 3],
+                _pad: 0,
+                mtu: u16::try_from(link.mtu).unwrap_or(u16::MAX),
                 ifindex: link.index,
             });
         }

@@ -35,7 +35,7 @@ use aya::{
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
-use netpath_common::{AddrKey, map_name, program_name};
+use netpath_common::{AddrKey, global, map_name, program_name};
 use thiserror::Error;
 
 use crate::{EBPF_OBJECT, sys};
@@ -123,6 +123,9 @@ impl AttachMode {
         }
     }
 }
+
+/// The first kernel with `bpf_ktime_get_coarse_ns` (see `global::COARSE_CLOCK`).
+const COARSE_CLOCK_KERNEL: (u32, u32) = (5, 11);
 
 /// The oldest kernel netpath's programs verify and run on, and why: checked before loading so
 /// the user reads the feature and the version instead of a verifier log.
@@ -266,6 +269,8 @@ impl Datapath {
             // creates and pins it.
             loader.map_pin_path(name, path.as_path());
         }
+        let coarse_clock = u8::from(sys::kernel_version() >= COARSE_CLOCK_KERNEL);
+        loader.override_global(global::COARSE_CLOCK, &coarse_clock, true);
         let mut ebpf: Ebpf = loader.load(EBPF_OBJECT)?;
         let missing = |name: &str| DatapathError::BadPin {
             path: self.program_pin(name),

@@ -173,7 +173,8 @@ impl Lab {
                 UplinkEntry {
                     addr: addr_v4(UPLINK_IP),
                     family: FAMILY_IPV4,
-                    _pad: [0; 3],
+                    _pad: 0,
+                    mtu: 1500,
                     ifindex: uplink,
                 },
                 0,
