@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use netpath::datapath::migrate::{self, raw};
+use netpath_common::map_name;
 use netpath_tests::{
     Lab, Netns, TcpEchoServer, connect_in, netpath_bin, ns_links, ns_output, ping, tcp_echo,
     unique_name,
@@ -108,6 +110,108 @@ fn established_connections_survive_kill_restart_and_upgrade() {
     assert_eq!(lan_server.peers().len(), 1, "{:?}", lan_server.peers());
     assert_eq!(local_server.peers().len(), 1);
     assert!(lab.netpath_ok(&["status"]).contains("np_from_ep"));
+}
+
+/// Pins, in place of the instance's map `name`, a map of the same type and keys whose values
+/// are cut to `value_size` bytes, holding the same entries: what a netpath with that shorter
+/// layout would have left. Returns the map's current layout.
+fn pin_older_layout(lab: &Lab, name: &str, value_size: u32) -> migrate::Layout {
+    let pin = lab.pin_dir().join(name);
+    let current = migrate::pinned_layout(&pin).unwrap();
+    let max_entries = aya::maps::MapInfo::from_pin(&pin).unwrap().max_entries();
+    let older =
+        raw::create(current.map_type, current.key_size, value_size, max_entries).unwrap();
+    let live = raw::open(&pin).unwrap();
+    let flags = migrate::UpdateFlags::Any;
+    migrate::copy_entries(&live, &older, current.key_size, current.value_size, value_size, flags)
+        .unwrap();
+    let staged = lab.pin_dir().join(format!("{name}@staged"));
+    raw::pin(&older, &staged).unwrap();
+    std::fs::rename(&staged, &pin).unwrap();
+    current
+}
+
+/// Pins older than this directory's own files, left by the migration: `NAME@old`.
+fn leftover_old_pins(lab: &Lab) -> Vec<String> {
+    std::fs::read_dir(lab.pin_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("@old"))
+        .collect()
+}
+
+#[test]
+fn an_upgrade_carries_shorter_flow_entries_over_and_connections_go_on() {
+    let lab = Lab::new();
+    lab.netpath_ok(&["endpoint", "create", "c1"]);
+    lab.netpath_ok(&["publish", "8080:c1:80"]);
+    let c1 = lab.ip_of("c1");
+    // A masqueraded connection (c1 -> LAN) and one to a published port (LAN -> c1): their
+    // state is in NP_CT and NP_NAT.
+    let lan_server = TcpEchoServer::start(&lab.lan.path, SocketAddrV4::new(lab.lan_ip, 9000));
+    let ep_server = TcpEchoServer::start(&lab.endpoint_ns("c1"), SocketAddrV4::new(c1, 80));
+    let mut to_lan = connect_in(&lab.endpoint_ns("c1"), SocketAddrV4::new(lab.lan_ip, 9000));
+    let mut published = connect_in(&lab.lan.path, SocketAddrV4::new(lab.host_uplink_ip, 8080));
+    for s in [&mut to_lan, &mut published] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        roundtrip(s, b"before");
+    }
+
+    // An older netpath's flow maps: the layout before the cached route and MACs (48 bytes).
+    let ct = pin_older_layout(&lab, map_name::CONNTRACK, 48);
+    let nat = pin_older_layout(&lab, map_name::NAT, 48);
+    let version =
+        std::path::PathBuf::from(format!("/run/netpath-{}/datapath/version", lab.instance));
+    std::fs::remove_file(&version).unwrap();
+
+    let out = netpath_env(&lab, &[], &["endpoint", "create", "c2"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("carried maps NP_CT, NP_NAT over"),
+        "{stderr}"
+    );
+    for (name, layout) in [(map_name::CONNTRACK, ct), (map_name::NAT, nat)] {
+        let now = migrate::pinned_layout(&lab.pin_dir().join(name)).unwrap();
+        assert_eq!(now, layout, "{name} is back in this version's layout");
+    }
+    assert_eq!(leftover_old_pins(&lab), Vec::<String>::new());
+    // The same connections carry on through the carried-over entries.
+    roundtrip(&mut to_lan, b"after the upgrade");
+    roundtrip(&mut published, b"after the upgrade");
+    assert_eq!(lan_server.peers().len(), 1, "{:?}", lan_server.peers());
+    assert_eq!(ep_server.peers().len(), 1, "{:?}", ep_server.peers());
+}
+
+#[test]
+fn a_pinned_map_that_cannot_be_carried_over_is_refused_and_left_as_it_was() {
+    let lab = Lab::new();
+    lab.netpath_ok(&["endpoint", "create", "c1"]);
+    // NP_PORTS with other keys than this version's: nothing to carry it over with.
+    let pin = lab.pin_dir().join(map_name::PORTS);
+    let kept = lab.pin_dir().join("NP_PORTS@kept");
+    std::fs::rename(&pin, &kept).unwrap();
+    let odd = raw::create(migrate::BPF_MAP_TYPE_HASH, 8, 24, 16).unwrap();
+    raw::pin(&odd, &pin).unwrap();
+    let version =
+        std::path::PathBuf::from(format!("/run/netpath-{}/datapath/version", lab.instance));
+    std::fs::remove_file(&version).unwrap();
+
+    let err = lab.netpath_err(&["endpoint", "create", "c2"]);
+    assert!(err.contains("map NP_PORTS was made by another netpath version"), "{err}");
+    assert!(err.contains("netpath purge"), "{err}");
+    // Nothing moved: the odd map is still pinned, no other map was set aside, and the
+    // endpoint was not made.
+    let odd_layout = migrate::pinned_layout(&pin).unwrap();
+    assert_eq!((odd_layout.key_size, odd_layout.value_size), (8, 24));
+    assert_eq!(leftover_old_pins(&lab), Vec::<String>::new());
+    assert!(!lab.endpoint_ns("c2").exists());
+
+    // With the instance's own map back, the same command goes through.
+    std::fs::remove_file(&pin).unwrap();
+    std::fs::rename(&kept, &pin).unwrap();
+    lab.netpath_ok(&["endpoint", "create", "c2"]);
 }
 
 #[test]

@@ -17,6 +17,7 @@
 //! `links/<program>@cgroup`; an upgrade moves those links too. They act only in the namespace
 //! whose cookie is in `NP_CONFIG` (see [`netns_cookie`]).
 pub mod maps;
+pub mod migrate;
 pub mod testrun;
 
 use std::{
@@ -210,9 +211,21 @@ impl Datapath {
         if pinned.trim() == object_version() && all_programs_pinned {
             return Ok(dp);
         }
+        // Maps an older netpath pinned in a smaller layout are carried over (see `migrate`).
+        let declared = migrate::declared_layouts(EBPF_OBJECT)?;
+        let migration = migrate::Migration::prepare(pin_dir, &declared)?;
         dp.load_and_pin()?;
+        migration.copy()?;
         if !pinned.is_empty() {
             dp.swap_attachments_to_new_programs()?;
+        }
+        let carried = migration.map_names();
+        migration.finish()?;
+        if !carried.is_empty() {
+            eprintln!(
+                "netpath: carried maps {} over to this version's layout",
+                carried.join(", ")
+            );
         }
         fs::write(&version_file, object_version()).map_err(io_err("write", &version_file))?;
         Ok(dp)
