@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use netpath::datapath::migrate::{self, raw};
+use netpath::datapath::{migrate, syscall};
 use netpath_common::map_name;
 use netpath_tests::{
     Lab, Netns, TcpEchoServer, connect_in, netpath_bin, ns_links, ns_output, ping, tcp_echo,
@@ -120,13 +120,21 @@ fn pin_older_layout(lab: &Lab, name: &str, value_size: u32) -> migrate::Layout {
     let current = migrate::pinned_layout(&pin).unwrap();
     let max_entries = aya::maps::MapInfo::from_pin(&pin).unwrap().max_entries();
     let older =
-        raw::create(current.map_type, current.key_size, value_size, max_entries).unwrap();
-    let live = raw::open(&pin).unwrap();
+        syscall::map_create(current.map_type, current.key_size, value_size, max_entries).unwrap();
+    let live = syscall::obj_get(&pin).unwrap();
     let flags = migrate::UpdateFlags::Any;
-    migrate::copy_entries(&live, &older, current.key_size, current.value_size, value_size, flags)
-        .unwrap();
+    migrate::copy_entries(
+        &live,
+        &older,
+        current.key_size,
+        max_entries,
+        current.value_size,
+        value_size,
+        flags,
+    )
+    .unwrap();
     let staged = lab.pin_dir().join(format!("{name}@staged"));
-    raw::pin(&older, &staged).unwrap();
+    syscall::obj_pin(&older, &staged).unwrap();
     std::fs::rename(&staged, &pin).unwrap();
     current
 }
@@ -192,14 +200,17 @@ fn a_pinned_map_that_cannot_be_carried_over_is_refused_and_left_as_it_was() {
     let pin = lab.pin_dir().join(map_name::PORTS);
     let kept = lab.pin_dir().join("NP_PORTS@kept");
     std::fs::rename(&pin, &kept).unwrap();
-    let odd = raw::create(migrate::BPF_MAP_TYPE_HASH, 8, 24, 16).unwrap();
-    raw::pin(&odd, &pin).unwrap();
+    let odd = syscall::map_create(migrate::BPF_MAP_TYPE_HASH, 8, 24, 16).unwrap();
+    syscall::obj_pin(&odd, &pin).unwrap();
     let version =
         std::path::PathBuf::from(format!("/run/netpath-{}/datapath/version", lab.instance));
     std::fs::remove_file(&version).unwrap();
 
     let err = lab.netpath_err(&["endpoint", "create", "c2"]);
-    assert!(err.contains("map NP_PORTS was made by another netpath version"), "{err}");
+    assert!(
+        err.contains("map NP_PORTS was made by another netpath version"),
+        "{err}"
+    );
     assert!(err.contains("netpath purge"), "{err}");
     // Nothing moved: the odd map is still pinned, no other map was set aside, and the
     // endpoint was not made.

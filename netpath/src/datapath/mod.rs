@@ -18,6 +18,7 @@
 //! whose cookie is in `NP_CONFIG` (see [`netns_cookie`]).
 pub mod maps;
 pub mod migrate;
+pub mod syscall;
 pub mod testrun;
 
 use std::{
@@ -343,7 +344,7 @@ impl Datapath {
     /// An fd of the pinned program `name`, whatever its type.
     fn program_fd(&self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
         let path = self.program_pin(name);
-        bpf_obj_get(&path).map_err(|e| DatapathError::BadPin {
+        syscall::obj_get(&path).map_err(|e| DatapathError::BadPin {
             path,
             detail: e.to_string(),
         })
@@ -369,7 +370,7 @@ impl Datapath {
             // tcx and cgroup links alike.
             let prog = self.program_fd(name)?;
             let link_path = self.link_pin(&interface, name);
-            let link = bpf_obj_get(&link_path).map_err(|e| DatapathError::BadPin {
+            let link = syscall::obj_get(&link_path).map_err(|e| DatapathError::BadPin {
                 path: link_path.clone(),
                 detail: e.to_string(),
             })?;
@@ -739,7 +740,7 @@ fn ifindex_of(interface: &str) -> Option<u32> {
 /// BPF_OBJ_GET_INFO_BY_FD: aya exposes no ifindex for links.
 fn tcx_link_ifindex(pin: &Path) -> Option<u32> {
     const BPF_LINK_TYPE_TCX: u32 = 11;
-    let fd = bpf_obj_get(pin).ok()?;
+    let fd = syscall::obj_get(pin).ok()?;
     // struct bpf_link_info: u32 type, id, prog_id; pad; union at 16 (tcx: u32 ifindex, attach_type).
     let mut info = [0u64; 8];
     #[repr(C)]
@@ -757,32 +758,6 @@ fn tcx_link_ifindex(pin: &Path) -> Option<u32> {
     let rc = unsafe { libc::syscall(libc::SYS_bpf, 15, &attr, std::mem::size_of::<Attr>()) };
     let link_type = info[0] as u32;
     (rc == 0 && link_type == BPF_LINK_TYPE_TCX).then_some(info[2] as u32)
-}
-
-/// Opens a pinned BPF object (BPF_OBJ_GET); aya has no public fd accessor for links.
-fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // struct { u64 pathname; u32 bpf_fd; u32 file_flags; }
-    #[repr(C)]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let attr = Attr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    // SAFETY: BPF_OBJ_GET (7) with a valid NUL-terminated path.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, &attr, std::mem::size_of::<Attr>()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that we now own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// An error and each of its sources, joined with ": " (aya's errors keep the kernel's reason,
