@@ -288,6 +288,8 @@ struct PathResult {
     netpath_stats: Option<String>,
     /// netpath only: its TC programs' time per run in one more one-CPU request/response run.
     program_cost: Option<Vec<ProgramCost>>,
+    /// netpath only: the same during one more connect loop, and the connections it made.
+    connect_program_cost: Option<(Vec<ProgramCost>, u64)>,
 }
 
 impl PathResult {
@@ -303,6 +305,7 @@ impl PathResult {
             udp_received: 0,
             netpath_stats: None,
             program_cost: None,
+            connect_program_cost: None,
         }
     }
 
@@ -376,7 +379,10 @@ pub fn compare(
         if let Some(mut lab) = slot.lab.take() {
             if lab.kind == PathKind::Netpath && measured.is_ok() {
                 match program_cost(&lab, &plan) {
-                    Ok(costs) => slot.result.program_cost = Some(costs),
+                    Ok((rr, connect)) => {
+                        slot.result.program_cost = Some(rr);
+                        slot.result.connect_program_cost = Some(connect);
+                    }
                     Err(e) => slot
                         .result
                         .errors
@@ -449,17 +455,52 @@ pub fn compare(
 /// netpath's TC programs, what they cost per run: one more one-CPU request/response run (not
 /// counted in the table) with the kernel's BPF run-time statistics on. Every packet of that
 /// round trip runs one of them once (the client's on the uplink, the endpoint's on its veth).
-fn program_cost(lab: &Lab, plan: &Plan) -> anyhow::Result<Vec<ProgramCost>> {
+/// netpath's TC programs' time per run, in one more one-CPU request/response run and in one
+/// more connect loop (with the connections it made), both with BPF run-time statistics on.
+fn program_cost(
+    lab: &Lab,
+    plan: &Plan,
+) -> anyhow::Result<(Vec<ProgramCost>, (Vec<ProgramCost>, u64))> {
+    const PROGRAMS: [&str; 2] = ["np_uplink", "np_from_ep"];
     let t = Targets::of(lab);
     println!(
-        "# netpath's programs: one more one-CPU request/response run with BPF run-time \
-         statistics on (not counted above)"
+        "# netpath's programs: one more one-CPU request/response run and one more connect loop \
+         with BPF run-time statistics on (not counted above)"
     );
-    let costs = prog_cost::measure(&paths::netpath_pins(), &["np_uplink", "np_from_ep"], || {
+    let rr = prog_cost::measure(&paths::netpath_pins(), &PROGRAMS, || {
         ping_pong(&t.lan, t.rr, plan, SERVER_CPU).map(drop)
     })?;
-    println!("#   {}", prog_cost::describe(&costs));
-    Ok(costs)
+    println!("#   request/response: {}", prog_cost::describe(&rr));
+    let mut connected = 0;
+    let connect = prog_cost::measure(&paths::netpath_pins(), &PROGRAMS, || {
+        let run = traffic::connect_loop(
+            &t.lan,
+            CLIENT_CPU,
+            t.lan_ip,
+            t.conn,
+            plan.connect,
+            &INTERRUPTED,
+        )?;
+        connected = run.connected;
+        Ok(())
+    })?;
+    println!(
+        "#   connect loop: {}; {}",
+        prog_cost::describe(&connect),
+        prog_cost::per_connection(&connect, connected)
+    );
+    Ok((rr, (connect, connected)))
+}
+
+/// Program costs as JSON: name -> runs and ns per run.
+fn cost_json(costs: &[ProgramCost]) -> serde_json::Map<String, serde_json::Value> {
+    costs
+        .iter()
+        .map(|c| {
+            let v = json!({ "runs": c.runs, "ns_per_run": c.ns_per_run });
+            (c.name.clone(), v)
+        })
+        .collect()
 }
 
 /// One path: its lab while it stands, and what it measured.
@@ -1209,6 +1250,14 @@ impl Report {
                     prog_cost::describe(costs)
                 );
             }
+            if let Some((costs, connected)) = &r.connect_program_cost {
+                let _ = writeln!(
+                    out,
+                    "- netpath's TC programs in one more connect loop with the statistics on: {}; {}",
+                    prog_cost::describe(costs),
+                    prog_cost::per_connection(costs, *connected)
+                );
+            }
             if let Some(drops) = &r.netpath_stats {
                 let _ = writeln!(
                     out,
@@ -1374,11 +1423,9 @@ impl Report {
                         "failed_connects": r.failed_connects,
                         "udp_datagrams": { "sent": r.udp_sent, "received": r.udp_received },
                         "netpath_stats": r.netpath_stats,
-                        "program_ns_per_run": r.program_cost.as_ref().map(|costs| {
-                            costs
-                                .iter()
-                                .map(|c| (c.name.clone(), json!({ "runs": c.runs, "ns_per_run": c.ns_per_run })))
-                                .collect::<serde_json::Map<_, _>>()
+                        "program_ns_per_run": r.program_cost.as_ref().map(|c| cost_json(c)),
+                        "connect_loop_program_ns_per_run": r.connect_program_cost.as_ref().map(|(c, n)| {
+                            json!({ "programs": cost_json(c), "connections": n })
                         }),
                     }),
                 )

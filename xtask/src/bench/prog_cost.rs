@@ -128,9 +128,44 @@ pub fn describe(costs: &[ProgramCost]) -> String {
         .join(", ")
 }
 
+/// The programs' time per connection of a connect loop that made `connections`.
+pub fn per_connection(costs: &[ProgramCost], connections: u64) -> String {
+    if connections == 0 {
+        return "no connection was made".into();
+    }
+    let total_ns: f64 = costs.iter().map(|c| c.runs as f64 * c.ns_per_run).sum();
+    let runs: u64 = costs.iter().map(|c| c.runs).sum();
+    format!(
+        "{:.2} µs of programs per connection ({:.1} runs each, {connections} connections)",
+        total_ns / connections as f64 / 1000.0,
+        runs as f64 / connections as f64
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_connection_sums_every_program() {
+        let costs = [
+            ProgramCost {
+                name: "np_uplink".into(),
+                runs: 300,
+                ns_per_run: 1000.0,
+            },
+            ProgramCost {
+                name: "np_from_ep".into(),
+                runs: 100,
+                ns_per_run: 500.0,
+            },
+        ];
+        assert_eq!(
+            per_connection(&costs, 100),
+            "3.50 µs of programs per connection (4.0 runs each, 100 connections)"
+        );
+        assert_eq!(per_connection(&costs, 0), "no connection was made");
+    }
 
     #[test]
     fn counters_come_from_bpftool_json() {
