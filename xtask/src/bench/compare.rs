@@ -379,9 +379,9 @@ pub fn compare(
         if let Some(mut lab) = slot.lab.take() {
             if lab.kind == PathKind::Netpath && measured.is_ok() {
                 match program_cost(&lab, &plan) {
-                    Ok((rr, connect)) => {
-                        slot.result.program_cost = Some(rr);
-                        slot.result.connect_program_cost = Some(connect);
+                    Ok(costs) => {
+                        slot.result.program_cost = Some(costs.rr);
+                        slot.result.connect_program_cost = Some(costs.connect);
                     }
                     Err(e) => slot
                         .result
@@ -455,12 +455,17 @@ pub fn compare(
 /// netpath's TC programs, what they cost per run: one more one-CPU request/response run (not
 /// counted in the table) with the kernel's BPF run-time statistics on. Every packet of that
 /// round trip runs one of them once (the client's on the uplink, the endpoint's on its veth).
+/// netpath's TC programs' time per run in the two extra runs with statistics on.
+struct ProgramCosts {
+    /// One-CPU request/response.
+    rr: Vec<ProgramCost>,
+    /// A connect loop, and the connections it made.
+    connect: (Vec<ProgramCost>, u64),
+}
+
 /// netpath's TC programs' time per run, in one more one-CPU request/response run and in one
 /// more connect loop (with the connections it made), both with BPF run-time statistics on.
-fn program_cost(
-    lab: &Lab,
-    plan: &Plan,
-) -> anyhow::Result<(Vec<ProgramCost>, (Vec<ProgramCost>, u64))> {
+fn program_cost(lab: &Lab, plan: &Plan) -> anyhow::Result<ProgramCosts> {
     const PROGRAMS: [&str; 2] = ["np_uplink", "np_from_ep"];
     let t = Targets::of(lab);
     println!(
@@ -489,7 +494,10 @@ fn program_cost(
         prog_cost::describe(&connect),
         prog_cost::per_connection(&connect, connected)
     );
-    Ok((rr, (connect, connected)))
+    Ok(ProgramCosts {
+        rr,
+        connect: (connect, connected),
+    })
 }
 
 /// Program costs as JSON: name -> runs and ns per run.
