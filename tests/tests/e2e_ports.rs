@@ -291,6 +291,33 @@ fn hairpin_reaches_own_and_neighbour_published_ports() {
     }
 }
 
+/// Conntrack entries whose source or destination is `addr` (IPv4).
+fn flows_touching(lab: &Lab, addr: Ipv4Addr) -> usize {
+    let maps = netpath::datapath::maps::Maps::open(&lab.pin_dir()).unwrap();
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&addr.octets());
+    maps.conntrack_entries()
+        .iter()
+        .filter(|(k, _)| k.src_addr == a || k.dst_addr == a)
+        .count()
+}
+
+#[test]
+fn removing_a_hairpin_client_removes_the_flows_whose_replies_went_to_it() {
+    let lab = Lab::new();
+    lab.netpath_ok(&["endpoint", "create", "srv", "-p", "8080:80"]);
+    lab.netpath_ok(&["endpoint", "create", "nbr"]);
+    let nbr = lab.ip_of("nbr");
+    let _srv = TcpEchoServer::start(&lab.endpoint_ns("srv"), v4(lab.ip_of("srv"), 80));
+    let (echo, _) = tcp_echo(&lab.endpoint_ns("nbr"), v4(lab.host_uplink_ip, 8080), b"hi")
+        .expect("hairpin from nbr");
+    assert_eq!(echo, b"hi");
+    // srv's replies went to nbr: that flow's entry (with its cached way into nbr) is there.
+    assert!(flows_touching(&lab, nbr) > 0);
+    lab.netpath_ok(&["endpoint", "rm", "nbr"]);
+    assert_eq!(flows_touching(&lab, nbr), 0, "flows left to or from nbr");
+}
+
 #[test]
 fn unpublish_stops_new_connections_and_drains_established_ones() {
     let lab = Lab::new();

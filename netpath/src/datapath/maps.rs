@@ -177,7 +177,9 @@ impl Maps {
             .conntrack
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| k.src_addr == addr)
+            // Its own flows, and flows whose reply goes to it (a hairpin client): their cached
+            // next hop is its veth.
+            .filter(|k| k.src_addr == addr || k.dst_addr == addr)
             .collect();
         for k in ct {
             ignore_missing(self.conntrack.remove(&k)).map_err(map_err(map_name::CONNTRACK))?;
