@@ -6,7 +6,8 @@
 //! Order matters: published-port replies come right after anti-spoofing (their client may sit
 //! in another network, which Docker allows through the host's address); the
 //! endpoint-to-endpoint checks come before the gateway check, so isolation cannot be bypassed
-//! by addressing another network's endpoint through the gateway's MAC.
+//! by addressing another network's endpoint through the gateway's MAC; hairpin connections
+//! (addressed to a host address, never an endpoint's) are looked for only after those.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     programs::TcContext,
@@ -72,21 +73,13 @@ pub fn handle(ctx: TcContext) -> i32 {
         }
     };
 
-    // Published ports: a reply of a published-port flow goes back to its client; a connection
-    // to a published port through a host address (hairpin) goes to its endpoint. Fragments
+    // A reply of a published-port flow goes back to its client, wherever that is. Fragments
     // carry no ports past the first: they take the paths below (masquerade drops them).
-    if !ip.is_fragment && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
+    let has_ports = !ip.is_fragment && (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP);
+    if has_ports {
         let verdict = dnat::reply_from_endpoint(ctx.skb.skb, &ip, net.gateway);
         if verdict != dnat::CONTINUE {
             return carry_out(ctx.skb.skb, &ip, verdict);
-        }
-        // Internal networks reach nothing but their gateway's own services.
-        if net.flags & network_flags::INTERNAL == 0 {
-            let verdict =
-                dnat::hairpin_from_endpoint(ctx.skb.skb, &ip, net.gateway, ep.host_ifindex);
-            if verdict != dnat::CONTINUE {
-                return carry_out(ctx.skb.skb, &ip, verdict);
-            }
         }
     }
 
@@ -109,6 +102,16 @@ pub fn handle(ctx: TcContext) -> i32 {
         }
         count(counter::FORWARDED_LOCAL);
         return TC_ACT_REDIRECT as i32;
+    }
+
+    // A connection to a published port through one of the host's addresses (hairpin) goes
+    // to its endpoint; an endpoint's address is never one of those, so endpoint-to-endpoint
+    // packets skip this. Internal networks reach nothing but their gateway's own services.
+    if has_ports && net.flags & network_flags::INTERNAL == 0 {
+        let verdict = dnat::hairpin_from_endpoint(ctx.skb.skb, &ip, net.gateway, ep.host_ifindex);
+        if verdict != dnat::CONTINUE {
+            return carry_out(ctx.skb.skb, &ip, verdict);
+        }
     }
 
     if eq_ipv4(ip.dst, net.gateway) {
