@@ -455,6 +455,19 @@ pub fn compare(
 /// netpath's TC programs, what they cost per run: one more one-CPU request/response run (not
 /// counted in the table) with the kernel's BPF run-time statistics on. Every packet of that
 /// round trip runs one of them once (the client's on the uplink, the endpoint's on its veth).
+/// One connect loop of `plan.connect` from the lab's LAN client (on the client CPU) to its
+/// connection-rate target.
+fn connect_loop(t: &Targets, plan: &Plan) -> std::io::Result<traffic::ConnectRun> {
+    traffic::connect_loop(
+        &t.lan,
+        CLIENT_CPU,
+        t.lan_ip,
+        t.conn,
+        plan.connect,
+        &INTERRUPTED,
+    )
+}
+
 /// netpath's TC programs' time per run in the two extra runs with statistics on.
 struct ProgramCosts {
     /// One-CPU request/response.
@@ -478,15 +491,7 @@ fn program_cost(lab: &Lab, plan: &Plan) -> anyhow::Result<ProgramCosts> {
     println!("#   request/response: {}", prog_cost::describe(&rr));
     let mut connected = 0;
     let connect = prog_cost::measure(&paths::netpath_pins(), &PROGRAMS, || {
-        let run = traffic::connect_loop(
-            &t.lan,
-            CLIENT_CPU,
-            t.lan_ip,
-            t.conn,
-            plan.connect,
-            &INTERRUPTED,
-        )?;
-        connected = run.connected;
+        connected = connect_loop(&t, plan)?.connected;
         Ok(())
     })?;
     println!(
@@ -784,15 +789,7 @@ fn measure_one(
             ))
         }),
         Metric::ConnRate => attempt(result, Metric::ConnRate, line, |r| {
-            let run = traffic::connect_loop(
-                &t.lan,
-                CLIENT_CPU,
-                t.lan_ip,
-                t.conn,
-                plan.connect,
-                &INTERRUPTED,
-            )
-            .context("the connect loop failed")?;
+            let run = connect_loop(t, plan).context("the connect loop failed")?;
             check_interrupt()?;
             r.failed_connects += run.failed;
             if r.first_connect_error.is_none() {
