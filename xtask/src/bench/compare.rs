@@ -1101,6 +1101,39 @@ impl Report {
         rows
     }
 
+    /// netpath/routed as it would be if netpath's TC programs took no time: netpath's median
+    /// time per transaction (or connection) less the programs' time in one, measured in the
+    /// extra runs with statistics on. The rest of netpath's time is the kernel's own work
+    /// (sockets, TCP, the veths, waking the other CPU), so faster programs alone cannot go
+    /// beyond it; only skipping more of the kernel's work can.
+    /// Request/response on both rows uses the one-CPU run's program time (the same packets
+    /// and programs); `None` where a figure is missing.
+    fn ratios_without_programs(&self) -> Vec<(Metric, Option<f64>)> {
+        let netpath = self.result(PathKind::Netpath);
+        let per_transaction = netpath
+            .and_then(|r| r.program_cost.as_deref())
+            .and_then(prog_cost::per_transaction_ns);
+        let per_connection = netpath
+            .and_then(|r| r.connect_program_cost.as_ref())
+            .filter(|(_, connections)| *connections > 0)
+            .map(|(costs, connections)| prog_cost::total_ns(costs) / *connections as f64);
+        let bound = |metric: Metric, programs_ns: Option<f64>| {
+            let ns_each = |rate: f64| (rate > 0.0).then(|| 1e9 / rate);
+            let netpath_ns = ns_each(self.median(PathKind::Netpath, metric)?)?;
+            let routed_ns = ns_each(self.median(PathKind::Routed, metric)?)?;
+            let without = netpath_ns - programs_ns?;
+            (without > 0.0).then(|| routed_ns / without)
+        };
+        vec![
+            (Metric::TcpRr, bound(Metric::TcpRr, per_transaction)),
+            (
+                Metric::TcpRrOneCpu,
+                bound(Metric::TcpRrOneCpu, per_transaction),
+            ),
+            (Metric::ConnRate, bound(Metric::ConnRate, per_connection)),
+        ]
+    }
+
     /// Target verdicts: (metric, target, measured ratio, met).
     fn verdicts(&self) -> Vec<(Metric, f64, Option<f64>, bool)> {
         Metric::RATES
@@ -1321,6 +1354,19 @@ impl Report {
             "\nThe one-CPU rows are diagnostics with no target: the client runs on the server's \
              CPU, so no wake-up crosses CPUs and the round trip is mostly the paths' own work.\n"
         );
+        let bounds: Vec<String> = self
+            .ratios_without_programs()
+            .into_iter()
+            .filter_map(|(metric, ratio)| ratio.map(|r| format!("{} {r:.2}x", metric.short())))
+            .collect();
+        if !bounds.is_empty() {
+            let _ = writeln!(
+                out,
+                "netpath/routed if netpath's programs took no time (their measured time taken off \
+                 netpath's: what faster programs alone could reach): {}\n",
+                bounds.join("; ")
+            );
+        }
         let _ = writeln!(
             out,
             "Targets (issue 6; published port vs routed, c2c vs plain bridge):\n"
@@ -1444,6 +1490,15 @@ impl Report {
                 entry[r.metric.key()] = json!(r.value);
             }
         }
+        let without_programs: serde_json::Map<String, serde_json::Value> = self
+            .ratios_without_programs()
+            .into_iter()
+            .map(|(metric, ratio)| (metric.key().to_string(), json!(ratio)))
+            .collect();
+        ratios.insert(
+            "netpath_over_routed_without_program_time".into(),
+            json!(without_programs),
+        );
         let verdicts: Vec<serde_json::Value> = self
             .verdicts()
             .into_iter()
@@ -1576,6 +1631,55 @@ mod tests {
         for (metric, _, ratio, met) in verdicts {
             assert_eq!(met, metric != Metric::C2cRr, "{metric:?} {ratio:?}");
         }
+    }
+
+    #[test]
+    fn ratios_without_programs_take_the_program_time_off_netpath() {
+        let mut r = report();
+        let netpath = r
+            .results
+            .iter_mut()
+            .find(|p| p.kind == PathKind::Netpath)
+            .expect("netpath");
+        // 8 µs of programs per connection: 8000 conn/s routed is 125 µs each; netpath's
+        // 9600/s is 104.2 µs, 96.2 µs without its programs.
+        netpath.connect_program_cost = Some((
+            vec![ProgramCost {
+                name: "np_uplink".into(),
+                runs: 300,
+                ns_per_run: 2000.0,
+            }],
+            75,
+        ));
+        let bounds = r.ratios_without_programs();
+        let of = |metric| bounds.iter().find(|(m, _)| *m == metric).expect("row").1;
+        // 1,000 runs of 512 ns are 500 transactions: 1,024 ns each, off netpath's 41,667 ns.
+        let rr = of(Metric::TcpRr).expect("rr");
+        assert!(
+            (rr - 50_000.0 / (1e9 / 24_000.0 - 1_024.0)).abs() < 1e-9,
+            "{rr}"
+        );
+        let conn = of(Metric::ConnRate).expect("conn/s");
+        assert!(
+            (conn - 125_000.0 / (1e9 / 9_600.0 - 8_000.0)).abs() < 1e-9,
+            "{conn}"
+        );
+        let text = r.ratios_text();
+        assert!(
+            text.contains("what faster programs alone could reach): TCP RR 1.23x; TCP RR, one CPU 1.28x; conn/s 1.30x"),
+            "{text}"
+        );
+        // Without the statistics runs there is nothing to take off: no bound, no line.
+        let mut bare = report();
+        for p in &mut bare.results {
+            p.program_cost = None;
+        }
+        assert!(
+            bare.ratios_without_programs()
+                .iter()
+                .all(|(_, b)| b.is_none())
+        );
+        assert!(!bare.ratios_text().contains("took no time"));
     }
 
     #[test]

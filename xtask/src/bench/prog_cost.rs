@@ -128,16 +128,27 @@ pub fn describe(costs: &[ProgramCost]) -> String {
         .join(", ")
 }
 
+/// All the programs' time in a run, in nanoseconds.
+pub fn total_ns(costs: &[ProgramCost]) -> f64 {
+    costs.iter().map(|c| c.runs as f64 * c.ns_per_run).sum()
+}
+
+/// The programs' time per request/response transaction of a run in which every packet ran one
+/// of them: two packets (the request, the reply) per transaction. `None` if nothing ran.
+pub fn per_transaction_ns(costs: &[ProgramCost]) -> Option<f64> {
+    let runs: u64 = costs.iter().map(|c| c.runs).sum();
+    (runs >= 2).then(|| total_ns(costs) / (runs as f64 / 2.0))
+}
+
 /// The programs' time per connection of a connect loop that made `connections`.
 pub fn per_connection(costs: &[ProgramCost], connections: u64) -> String {
     if connections == 0 {
         return "no connection was made".into();
     }
-    let total_ns: f64 = costs.iter().map(|c| c.runs as f64 * c.ns_per_run).sum();
     let runs: u64 = costs.iter().map(|c| c.runs).sum();
     format!(
         "{:.2} µs of programs per connection ({:.1} runs each, {connections} connections)",
-        total_ns / connections as f64 / 1000.0,
+        total_ns(costs) / connections as f64 / 1000.0,
         runs as f64 / connections as f64
     )
 }
@@ -165,6 +176,25 @@ mod tests {
             "3.50 µs of programs per connection (4.0 runs each, 100 connections)"
         );
         assert_eq!(per_connection(&costs, 0), "no connection was made");
+    }
+
+    #[test]
+    fn per_transaction_counts_two_packets_each() {
+        let costs = [
+            ProgramCost {
+                name: "np_uplink".into(),
+                runs: 1000,
+                ns_per_run: 300.0,
+            },
+            ProgramCost {
+                name: "np_from_ep".into(),
+                runs: 1000,
+                ns_per_run: 500.0,
+            },
+        ];
+        // 1,000 transactions, each one run of both programs.
+        assert_eq!(per_transaction_ns(&costs), Some(800.0));
+        assert_eq!(per_transaction_ns(&[]), None);
     }
 
     #[test]
