@@ -18,7 +18,9 @@
 //! client on replies. Replies of every hairpin flow pass `np_from_ep` of the server, so no
 //! other client needs a source translation.
 //!
-//! The NAT entry is written before the conntrack entry and removed if that fails. Idle flows
+//! The NAT entry is written before the conntrack entry and removed if that fails. A client
+//! reusing its source port toward the same endpoint renews both entries in place instead
+//! ([`renew_nat`]): the LRU maps' free-list work was most of a new connection's cost. Idle flows
 //! (per-protocol timeouts of `NP_CONFIG`, shorter once TCP FIN/RST was seen) are looked up in
 //! `NP_PORTS` again by their next packet; the LRU maps reclaim them.
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
@@ -34,7 +36,10 @@ use crate::{
     csum,
     fib::{self, Route},
     maps::{NP_CT, NP_DNAT_SCRATCH, NP_EP_BY_ADDR, NP_NAT, NP_NETWORKS, NP_UPLINKS},
-    parse::{self, ICMP_ECHO_REQUEST, Ipv4, Transport, eq_ipv4, is_zero_mac, v4_of},
+    parse::{
+        self, ICMP_ECHO_REQUEST, Ipv4, Transport, eq_addr, eq_ipv4, eq_mac, eq_port, is_zero_mac,
+        v4_of,
+    },
     ports::{self, Target},
     send,
     stats::{count, drop_packet, pass_to_stack},
@@ -124,8 +129,16 @@ fn is_tcp_or_udp(protocol: u8) -> bool {
 /// Host-only entries (loopback publishes, guards) never match here: a packet for one, or any
 /// packet to 127.0.0.0/8 on a published port, is dropped as `HOST_ONLY_PORT`. A wildcard entry
 /// applies only to the uplink's address and the host's other addresses.
+///
+/// `previous`: the `NP_NAT` entry the packet's key already has (a client reusing its source
+/// port), renewed in place where it can be (see [`renew_nat`]).
 #[inline(always)]
-pub fn uplink_new_flow(ctx: &TcContext, ip: &Ipv4, l4: &Transport) -> i32 {
+pub fn uplink_new_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &Transport,
+    previous: Option<*mut NatEntry>,
+) -> i32 {
     if !is_tcp_or_udp(l4.protocol) {
         return pass_to_stack();
     }
@@ -151,7 +164,16 @@ pub fn uplink_new_flow(ctx: &TcContext, ip: &Ipv4, l4: &Transport) -> i32 {
     if target.host_only() || ports::is_loopback(ip.dst) {
         return drop_packet(drop_reason::HOST_ONLY_PORT);
     }
-    match start_flow(ctx, s, ip, l4, &target, fib::skb_ifindex(ctx), false) {
+    match start_flow(
+        ctx,
+        s,
+        ip,
+        l4,
+        &target,
+        fib::skb_ifindex(ctx),
+        false,
+        previous,
+    ) {
         Ok((d, snat)) => deliver(ctx, s, ip, l4, &d, snat),
         Err(verdict) => verdict,
     }
@@ -325,8 +347,10 @@ fn resolve(s: *mut Scratch, target: &Target) -> Result<Delivery, u32> {
 
 /// Records a new published-port flow; returns how to deliver its first packet (or the verdict
 /// of a drop). `client_ifindex` is the interface the client's packets arrive on (uplink, or the
-/// client endpoint's veth); `hairpin` says the client is an endpoint.
+/// client endpoint's veth); `hairpin` says the client is an endpoint; `previous` is the
+/// `NP_NAT` entry the packet's key already has, if any.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn start_flow(
     ctx: &TcContext,
     s: *mut Scratch,
@@ -335,6 +359,7 @@ fn start_flow(
     target: &Target,
     client_ifindex: u32,
     hairpin: bool,
+    previous: Option<*mut NatEntry>,
 ) -> Result<(Delivery, bool), i32> {
     let d = resolve(s, target).map_err(drop_packet)?;
     if ip.ttl <= 1 {
@@ -367,7 +392,8 @@ fn start_flow(
     s.nat.bytes = ctx.len() as u64;
     s.nat.ep_mac = d.ep_mac;
     s.nat.gateway_mac = d.gateway_mac;
-    if NP_NAT.insert(&s.nat_key, &s.nat, BPF_ANY as u64).is_err() {
+    let renewed = previous.is_some_and(|live| renew_nat(live, &s.nat));
+    if !renewed && NP_NAT.insert(&s.nat_key, &s.nat, BPF_ANY as u64).is_err() {
         return Err(drop_packet(drop_reason::MAP_UPDATE_FAILED));
     }
 
@@ -385,7 +411,13 @@ fn start_flow(
     s.ct.kind = ct_kind::DNAT;
     s.ct.uplink_ifindex = client_ifindex;
     s.ct.last_seen_ns = now;
-    if NP_CT.insert(&s.ct_key, &s.ct, BPF_ANY as u64).is_err() {
+    // A renewed client entry usually has its reply entry too (same client port, same
+    // endpoint port): renewed the same way.
+    let ct_renewed = renewed
+        && NP_CT
+            .get_ptr_mut(&s.ct_key)
+            .is_some_and(|live| renew_ct(live, &s.ct));
+    if !ct_renewed && NP_CT.insert(&s.ct_key, &s.ct, BPF_ANY as u64).is_err() {
         let _ = NP_NAT.remove(&s.nat_key);
         return Err(drop_packet(drop_reason::MAP_UPDATE_FAILED));
     }
@@ -408,6 +440,57 @@ fn start_flow(
         count(counter::HAIRPIN);
     }
     Ok((d, snat))
+}
+
+/// A client reusing its source port toward the same published port (a connect loop, a UDP
+/// client sending again after its flow idled) starts its new flow in the old flow's `NP_NAT`
+/// entry: rewritten in place, not replaced. A map update would take a fresh element from the
+/// LRU map's free list and give back the old one, the largest part of a new connection's
+/// program time. Only when the live entry already delivers exactly where `fresh` does, so a
+/// packet of the old flow that another CPU handles meanwhile can read at worst mixed
+/// counters (as with any concurrent packet), never a mixed destination. Returns false, having
+/// changed nothing, when the entry differs in more than its bookkeeping.
+#[inline(always)]
+fn renew_nat(live: *mut NatEntry, fresh: &NatEntry) -> bool {
+    // SAFETY: a live map value; fields compared, then the bookkeeping fields written.
+    unsafe {
+        let same_delivery = (*live).kind == fresh.kind
+            && eq_addr(&(*live).orig_addr, &fresh.orig_addr)
+            && eq_port((*live).orig_port, fresh.orig_port)
+            && (*live).endpoint_ifindex == fresh.endpoint_ifindex
+            && eq_mac((*live).ep_mac, fresh.ep_mac)
+            && eq_mac((*live).gateway_mac, fresh.gateway_mac);
+        if !same_delivery {
+            return false;
+        }
+        (*live).state = fresh.state;
+        (*live).last_seen_ns = fresh.last_seen_ns;
+        (*live).packets = fresh.packets;
+        (*live).bytes = fresh.bytes;
+    }
+    true
+}
+
+/// [`renew_nat`] for the flow's reply entry (`NP_CT`): renewed in place when it already
+/// translates to the same published address and port and answers on the same interface. Its
+/// cached route stays: it is for the same client and is rechecked on its own clock.
+#[inline(always)]
+fn renew_ct(live: *mut ConntrackEntry, fresh: &ConntrackEntry) -> bool {
+    // SAFETY: as in `renew_nat`.
+    unsafe {
+        let same_translation = (*live).kind == fresh.kind
+            && eq_addr(&(*live).nat_addr, &fresh.nat_addr)
+            && eq_port((*live).nat_port, fresh.nat_port)
+            && (*live).uplink_ifindex == fresh.uplink_ifindex;
+        if !same_translation {
+            return false;
+        }
+        (*live).state = fresh.state;
+        (*live).last_seen_ns = fresh.last_seen_ns;
+        (*live).packets = fresh.packets;
+        (*live).bytes = fresh.bytes;
+    }
+    true
 }
 
 /// Prepares delivery into the endpoint's namespace (see `send`): the destination becomes the
@@ -692,7 +775,8 @@ fn hairpin(
     }
     let key = packet_key(s, ip, l4);
     // SAFETY: the key in scratch memory, just written.
-    if let Some(nat_entry) = NP_NAT.get_ptr_mut(unsafe { &*key }) {
+    let previous = NP_NAT.get_ptr_mut(unsafe { &*key });
+    if let Some(nat_entry) = previous {
         // SAFETY: a live map value; field read once.
         let kind = unsafe { (*nat_entry).kind };
         let now = conntrack::now();
@@ -707,5 +791,14 @@ fn hairpin(
     if target.host_only() {
         return None;
     }
-    Some(start_flow(ctx, s, ip, l4, &target, client_ifindex, true))
+    Some(start_flow(
+        ctx,
+        s,
+        ip,
+        l4,
+        &target,
+        client_ifindex,
+        true,
+        previous,
+    ))
 }

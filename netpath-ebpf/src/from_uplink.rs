@@ -44,7 +44,7 @@ pub fn handle(ctx: TcContext) -> i32 {
     }
     let key = flow_key_v4(ip.src, ip.dst, l4.src_port, l4.dst_port, l4.protocol);
     let Some(nat_entry) = NP_NAT.get_ptr_mut(&key.0) else {
-        return dnat::uplink_new_flow(&ctx, &ip, &l4);
+        return dnat::uplink_new_flow(&ctx, &ip, &l4, None);
     };
     // SAFETY: a live map value; field read once.
     let kind = unsafe { (*nat_entry).kind };
@@ -53,12 +53,13 @@ pub fn handle(ctx: TcContext) -> i32 {
         // A SYN (without ACK) is a new connection even on a reused source port: it goes
         // through NP_PORTS again, so an unpublished port stops it, and the flow's reply entry
         // (which another host port to the same endpoint port may have taken meanwhile: inside
-        // the endpoint both flows look alike) is written anew.
+        // the endpoint both flows look alike) is written anew; entries that would not change
+        // but for their counters are renewed in place (`dnat::start_flow`).
         let new_connection = l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !new_connection && dnat::is_live(nat_entry, now, l4.protocol) {
             return dnat::established(&ctx, &ip, &l4, nat_entry, now);
         }
-        return dnat::uplink_new_flow(&ctx, &ip, &l4);
+        return dnat::uplink_new_flow(&ctx, &ip, &l4, Some(nat_entry));
     }
     if kind != ct_kind::SNAT && kind != 0 {
         // A hairpin entry (keyed by an endpoint's own address): never valid from outside.

@@ -11,7 +11,7 @@ use common::*;
 use netpath::datapath::testrun::TestRunOutput;
 use netpath_common::{
     AddrKey, FAMILY_IPV4, IPPROTO_TCP, IPPROTO_UDP, PortKey, PublishedPort, addr_v4, counter,
-    ct_kind, drop_reason, map_name, port_flags,
+    ct_kind, ct_state, drop_reason, map_name, port_flags,
 };
 
 /// A host address that is not the uplink's (on a spare veth in the test namespace; this
@@ -550,6 +550,87 @@ fn a_new_syn_restarts_a_flow_whose_reply_entry_another_host_port_took() {
                 "the reply must come from the port the client dialled"
             );
         }
+    });
+}
+
+#[test]
+fn a_reused_source_port_renews_its_flow_in_place_until_the_port_leads_elsewhere() {
+    // A client reusing its source port toward the same published port (a connect loop) starts
+    // its new connection in the old flow's entries, rewritten in place: the reply entry keeps
+    // the route its replies cached. Once the port leads to another endpoint, the new
+    // connection gets entries of its own.
+    in_private_netns(|| {
+        let mut lab = published_lab();
+        let client_key = flow(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, IPPROTO_TCP);
+        let reply_key = flow(A_IP, REMOTE, 80, CLIENT_PORT, IPPROTO_TCP);
+        let from_client = |flags| tcp_from_lan(REMOTE, UPLINK_IP, CLIENT_PORT, 8080, flags);
+        let syn_ack = tcp_from(A, REMOTE, 80, CLIENT_PORT, TCP_SYN | TCP_ACK);
+
+        assert_into_a(
+            &lab.run_from_uplink(&from_client(TCP_SYN)),
+            REMOTE,
+            CLIENT_PORT,
+        );
+        assert_eq!(lab.run_from_ep(lab.ep_a, &syn_ack).retval, TC_ACT_REDIRECT);
+        assert_into_a(
+            &lab.run_from_uplink(&from_client(TCP_ACK)),
+            REMOTE,
+            CLIENT_PORT,
+        );
+        let rst = from_client(TCP_RST | TCP_ACK);
+        assert_into_a(&lab.run_from_uplink(&rst), REMOTE, CLIENT_PORT);
+        let nat = lab.nat(&client_key).expect("client entry");
+        assert_eq!(nat.packets, 3);
+        assert_ne!(nat.state & ct_state::TCP_RST_SEEN, 0);
+        let first = lab.conntrack(&reply_key).expect("reply entry");
+        assert_eq!(
+            first.route.ifindex, lab.uplink,
+            "the reply cached its way out"
+        );
+        assert_eq!(first.packets, 1);
+
+        // The same source port, a new connection to the same port.
+        assert_into_a(
+            &lab.run_from_uplink(&from_client(TCP_SYN)),
+            REMOTE,
+            CLIENT_PORT,
+        );
+        let nat = lab.nat(&client_key).expect("client entry");
+        assert_eq!(
+            (nat.packets, nat.state),
+            (1, 0),
+            "the bookkeeping starts over"
+        );
+        assert_eq!(nat.orig_addr, addr_v4(A_IP));
+        let renewed = lab.conntrack(&reply_key).expect("reply entry");
+        assert_eq!((renewed.packets, renewed.state), (0, 0));
+        assert_eq!(
+            renewed.route, first.route,
+            "renewed in place: the cached route stays"
+        );
+        let out = lab.run_from_ep(lab.ep_a, &syn_ack);
+        assert_eq!(out.retval, TC_ACT_REDIRECT);
+        let p = parse_and_verify(&out.data);
+        assert_eq!((p.src, p.sport), (UPLINK_IP, 8080));
+        assert_eq!((p.dst, p.dport), (REMOTE, CLIENT_PORT));
+
+        // The port now leads to B: the next connection is B's, in entries of its own.
+        let b = (B_IP, 80, lab.ep_b);
+        publish(&mut lab, WILDCARD, 8080, IPPROTO_TCP, b, 0);
+        let out = lab.run_from_uplink(&from_client(TCP_SYN));
+        assert_eq!(out.retval, TC_ACT_REDIRECT);
+        let p = parse_and_verify(&out.data);
+        assert_eq!((p.dst, p.dport, p.eth_dst), (B_IP, 80, B_MAC));
+        let nat = lab.nat(&client_key).expect("client entry");
+        assert_eq!(
+            (nat.orig_addr, nat.endpoint_ifindex, nat.ep_mac),
+            (addr_v4(B_IP), lab.ep_b, B_MAC)
+        );
+        let b_reply = lab
+            .conntrack(&flow(B_IP, REMOTE, 80, CLIENT_PORT, IPPROTO_TCP))
+            .expect("B's reply entry");
+        assert_eq!(b_reply.route.ifindex, 0, "a new entry has no route yet");
+        assert_eq!(lab.total_drops(), 0);
     });
 }
 

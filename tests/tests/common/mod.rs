@@ -425,6 +425,7 @@ pub fn icmp_echo(icmp_type: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 /// A TCP frame from endpoint A (to the gateway's MAC, as a container sends it).
 pub fn tcp_frame_from_a(dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
