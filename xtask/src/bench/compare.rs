@@ -452,9 +452,6 @@ pub fn compare(
     Ok(ExitCode::SUCCESS)
 }
 
-/// netpath's TC programs, what they cost per run: one more one-CPU request/response run (not
-/// counted in the table) with the kernel's BPF run-time statistics on. Every packet of that
-/// round trip runs one of them once (the client's on the uplink, the endpoint's on its veth).
 /// One connect loop of `plan.connect` from the lab's LAN client (on the client CPU) to its
 /// connection-rate target.
 fn connect_loop(t: &Targets, plan: &Plan) -> std::io::Result<traffic::ConnectRun> {
@@ -1115,8 +1112,7 @@ impl Report {
             .and_then(prog_cost::per_transaction_ns);
         let per_connection = netpath
             .and_then(|r| r.connect_program_cost.as_ref())
-            .filter(|(_, connections)| *connections > 0)
-            .map(|(costs, connections)| prog_cost::total_ns(costs) / *connections as f64);
+            .and_then(|(costs, connections)| prog_cost::per_connection_ns(costs, *connections));
         let bound = |metric: Metric, programs_ns: Option<f64>| {
             let ns_each = |rate: f64| (rate > 0.0).then(|| 1e9 / rate);
             let netpath_ns = ns_each(self.median(PathKind::Netpath, metric)?)?;

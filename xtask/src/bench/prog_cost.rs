@@ -140,15 +140,21 @@ pub fn per_transaction_ns(costs: &[ProgramCost]) -> Option<f64> {
     (runs >= 2).then(|| total_ns(costs) / (runs as f64 / 2.0))
 }
 
-/// The programs' time per connection of a connect loop that made `connections`.
+/// The programs' time per connection, in nanoseconds, of a connect loop that made
+/// `connections`. `None` if it made none.
+pub fn per_connection_ns(costs: &[ProgramCost], connections: u64) -> Option<f64> {
+    (connections > 0).then(|| total_ns(costs) / connections as f64)
+}
+
+/// [`per_connection_ns`] for the report, with the program runs per connection.
 pub fn per_connection(costs: &[ProgramCost], connections: u64) -> String {
-    if connections == 0 {
+    let Some(ns) = per_connection_ns(costs, connections) else {
         return "no connection was made".into();
-    }
+    };
     let runs: u64 = costs.iter().map(|c| c.runs).sum();
     format!(
         "{:.2} µs of programs per connection ({:.1} runs each, {connections} connections)",
-        total_ns(costs) / connections as f64 / 1000.0,
+        ns / 1000.0,
         runs as f64 / connections as f64
     )
 }
