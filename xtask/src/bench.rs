@@ -36,7 +36,7 @@ use lab::{
     ENDPOINT, HOST_UPLINK_IP, INTERRUPTED, LAN_IPS, Lab, Stdout, check_interrupt, replay_line,
 };
 use report::{Machine, Results, Row, Setup, Summary, Verdict};
-use traffic::{AcceptServer, ConnectRun};
+use traffic::{AcceptServer, ConnectRun, Serve as _};
 
 /// The server thread's CPU; the client's is [`CLIENT_CPU`] (issue 6: one CPU each).
 const SERVER_CPU: usize = 0;
@@ -639,7 +639,7 @@ fn while_serving<T>(
     std::thread::scope(|s| {
         let serving = s.spawn(|| server.serve(SERVER_CPU, &INTERRUPTED));
         let measured = measure();
-        server.stop.store(true, Ordering::Relaxed);
+        server.stop();
         let served = serving
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

@@ -19,7 +19,6 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     process::ExitCode,
-    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -33,7 +32,7 @@ use super::{
     paths::{self, CONTAINER_IPS, Lab, PathKind, Tools},
     prog_cost::{self, ProgramCost},
     report::{Machine, Summary},
-    traffic::{self, AcceptServer},
+    traffic::{self, AcceptServer, Serve, SpinEchoServer},
 };
 use crate::{TAG, Workspace};
 
@@ -41,7 +40,7 @@ use crate::{TAG, Workspace};
 pub const SERVER_CPU: usize = 0;
 pub const CLIENT_CPU: usize = 1;
 /// sockperf message size, and the UDP datagram payload size.
-const MESSAGE_BYTES: &str = "64";
+const MESSAGE_BYTES: usize = 64;
 /// How the paths took turns, for the report.
 const INTERLEAVED: &str = "The paths were measured interleaved, round-robin: all labs stood side \
      by side; each round ran every metric on every path once, the path order rotated by one each \
@@ -53,6 +52,8 @@ const INTERLEAVED: &str = "The paths were measured interleaved, round-robin: all
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 /// How long a connect warm-up runs before the measured loops.
 const WARM_UP: Duration = Duration::from_millis(300);
+/// The uncounted start of each spinning request/response run.
+const SPIN_WARM_UP: Duration = Duration::from_millis(200);
 
 /// What the command line asked for.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +72,9 @@ struct Plan {
     /// sockperf `-t` (its first 0.4 s are a warm-up it does not count).
     sockperf_seconds: u32,
     connect: Duration,
+    /// Each spinning request/response run, after its [`SPIN_WARM_UP`]. Shorter than
+    /// sockperf's: with no wake-ups its rounds vary little.
+    spin: Duration,
 }
 
 impl Plan {
@@ -89,6 +93,7 @@ impl Plan {
                 // 0.6 s measured after sockperf's own 0.4 s warm-up.
                 sockperf_seconds: 1,
                 connect: Duration::from_secs(1),
+                spin: Duration::from_millis(500),
             }
         } else {
             Self {
@@ -98,6 +103,7 @@ impl Plan {
                 // 1.6 s measured after sockperf's own warm-up.
                 sockperf_seconds: 2,
                 connect: Duration::from_secs(2),
+                spin: Duration::from_secs(1),
             }
         }
     }
@@ -141,43 +147,54 @@ pub enum Metric {
     /// where no wake-up crosses CPUs and the datapath's own cost shows.
     TcpRrOneCpu,
     C2cRrOneCpu,
+    /// Request/response between a client and a server that both poll their sockets without
+    /// sleeping (`traffic::spin_ping_pong`), each on its own CPU: no round trip waits for a
+    /// wake-up, so it is the sockets', the stacks' and the path's work alone. The request/response
+    /// targets are shown against these rows too.
+    TcpRrSpin,
+    C2cRrSpin,
 }
 
 impl Metric {
-    const PUBLISHED: [Metric; 7] = [
+    const PUBLISHED: [Metric; 8] = [
         Metric::TcpStream,
         Metric::TcpRr,
         Metric::TcpRrP50,
         Metric::TcpRrP99,
         Metric::TcpRrOneCpu,
+        Metric::TcpRrSpin,
         Metric::ConnRate,
         Metric::UdpPps,
     ];
-    const C2C: [Metric; 4] = [
+    const C2C: [Metric; 5] = [
         Metric::C2cRr,
         Metric::C2cP50,
         Metric::C2cP99,
         Metric::C2cRrOneCpu,
+        Metric::C2cRrSpin,
     ];
     /// The published-port rates the ratios (and, but for the diagnostic, targets) are about.
-    const RATES: [Metric; 5] = [
+    const RATES: [Metric; 6] = [
         Metric::TcpStream,
         Metric::TcpRr,
         Metric::TcpRrOneCpu,
+        Metric::TcpRrSpin,
         Metric::ConnRate,
         Metric::UdpPps,
     ];
     /// The container-to-container rates, against the plain bridge and Docker's bridge.
-    const C2C_RATES: [Metric; 2] = [Metric::C2cRr, Metric::C2cRrOneCpu];
+    const C2C_RATES: [Metric; 3] = [Metric::C2cRr, Metric::C2cRrOneCpu, Metric::C2cRrSpin];
     /// Every metric a round measures, in the order it measures them.
-    const MEASURED: [Metric; 7] = [
+    const MEASURED: [Metric; 9] = [
         Metric::TcpStream,
         Metric::TcpRr,
         Metric::TcpRrOneCpu,
+        Metric::TcpRrSpin,
         Metric::ConnRate,
         Metric::UdpPps,
         Metric::C2cRr,
         Metric::C2cRrOneCpu,
+        Metric::C2cRrSpin,
     ];
 
     fn is_c2c(self) -> bool {
@@ -197,6 +214,8 @@ impl Metric {
             Metric::C2cP99 => "c2c_tcp_rr_rtt_p99_us",
             Metric::TcpRrOneCpu => "tcp_rr_one_cpu_per_s",
             Metric::C2cRrOneCpu => "c2c_tcp_rr_one_cpu_per_s",
+            Metric::TcpRrSpin => "tcp_rr_spinning_per_s",
+            Metric::C2cRrSpin => "c2c_tcp_rr_spinning_per_s",
         }
     }
 
@@ -214,6 +233,9 @@ impl Metric {
             Metric::TcpRrOneCpu | Metric::C2cRrOneCpu => {
                 "  the same, client on the server's CPU (diagnostic: no cross-CPU wake-up)"
             }
+            Metric::TcpRrSpin | Metric::C2cRrSpin => {
+                "  the same, client and server spinning on their CPUs (no wake-up at all)"
+            }
         }
     }
 
@@ -226,6 +248,8 @@ impl Metric {
             Metric::C2cRr => "c2c TCP RR",
             Metric::TcpRrOneCpu => "TCP RR, one CPU",
             Metric::C2cRrOneCpu => "c2c RR, one CPU",
+            Metric::TcpRrSpin => "TCP RR, spinning",
+            Metric::C2cRrSpin => "c2c RR, spinning",
             Metric::TcpRrP50 | Metric::C2cP50 => "RTT p50",
             Metric::TcpRrP99 | Metric::C2cP99 => "RTT p99",
         }
@@ -234,19 +258,26 @@ impl Metric {
     fn unit(self) -> &'static str {
         match self {
             Metric::TcpStream => "Gbit/s",
-            Metric::TcpRr | Metric::C2cRr | Metric::TcpRrOneCpu | Metric::C2cRrOneCpu => "trans/s",
+            Metric::TcpRr
+            | Metric::C2cRr
+            | Metric::TcpRrOneCpu
+            | Metric::C2cRrOneCpu
+            | Metric::TcpRrSpin
+            | Metric::C2cRrSpin => "trans/s",
             Metric::TcpRrP50 | Metric::TcpRrP99 | Metric::C2cP50 | Metric::C2cP99 => "µs",
             Metric::ConnRate => "conn/s",
             Metric::UdpPps => "pkt/s",
         }
     }
 
-    /// The issue's target for netpath over the routed path (c2c: over the plain bridge).
+    /// The issue's target for netpath over the routed path (c2c: over the plain bridge). The
+    /// request/response targets are judged on the sockperf rows (which wait for wake-ups) and,
+    /// separately, on the spinning rows (which do not).
     fn target(self) -> Option<f64> {
         match self {
             Metric::TcpStream => Some(1.00),
-            Metric::TcpRr | Metric::ConnRate | Metric::UdpPps => Some(1.10),
-            Metric::C2cRr => Some(1.30),
+            Metric::TcpRr | Metric::TcpRrSpin | Metric::ConnRate | Metric::UdpPps => Some(1.10),
+            Metric::C2cRr | Metric::C2cRrSpin => Some(1.30),
             _ => None,
         }
     }
@@ -345,13 +376,14 @@ pub fn compare(
         .with_context(|| format!("cannot create {}", files.display()))?;
     println!(
         "\nnetpath side-by-side comparison: {} paths side by side, {} interleaved rounds (iperf3 {} \
-         s, sockperf {} s, connect loops {} s); servers on CPU {SERVER_CPU}, clients on CPU \
-         {CLIENT_CPU}; release binary {}",
+         s, sockperf {} s, connect loops {} s, spinning request/response {} s); servers on CPU \
+         {SERVER_CPU}, clients on CPU {CLIENT_CPU}; release binary {}",
         PathKind::ALL.len(),
         plan.repeats,
         plan.iperf_seconds,
         plan.sockperf_seconds,
         plan.connect.as_secs_f64(),
+        plan.spin.as_secs_f64(),
         bin.display()
     );
     println!("# iptables: {}", tools.iptables_version);
@@ -519,6 +551,8 @@ struct Slot {
     lab: Option<Lab>,
     /// The accept-and-close server of the connection-rate loop, in the lab's first container.
     server: Option<AcceptServer>,
+    /// The spinning echo server of the spinning request/response, in the same container.
+    echo: Option<SpinEchoServer>,
 }
 
 impl Slot {
@@ -536,6 +570,7 @@ impl Slot {
                     result,
                     lab: None,
                     server: None,
+                    echo: None,
                 });
             }
         };
@@ -561,10 +596,27 @@ impl Slot {
                 None
             }
         };
+        let echo = match SpinEchoServer::bind(
+            &server_ns,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, paths::SPIN_ECHO.container_port),
+        ) {
+            Ok(echo) => Some(echo),
+            Err(e) => {
+                let why = format!(
+                    "cannot start the spinning echo server in {}: {e}",
+                    server_ns.display()
+                );
+                for metric in [Metric::TcpRrSpin, Metric::C2cRrSpin] {
+                    result.errors.push((metric.key().into(), why.clone()));
+                }
+                None
+            }
+        };
         Ok(Self {
             result,
             lab: Some(lab),
             server,
+            echo,
         })
     }
 }
@@ -583,10 +635,12 @@ struct Targets {
     udp: SocketAddrV4,
     rr: SocketAddrV4,
     conn: SocketAddrV4,
-    /// Container to container: the client's namespace (the second container) and the first
-    /// container's sockperf server.
+    spin: SocketAddrV4,
+    /// Container to container: the client's namespace (the second container), the first
+    /// container's sockperf server and its spinning echo server.
     c2c_client: std::path::PathBuf,
     c2c: SocketAddrV4,
+    c2c_spin: SocketAddrV4,
 }
 
 impl Targets {
@@ -598,8 +652,10 @@ impl Targets {
             udp: lab.lan_target(paths::IPERF_UDP),
             rr: lab.lan_target(paths::SOCKPERF),
             conn: lab.lan_target(paths::CONNECT),
+            spin: lab.lan_target(paths::SPIN_ECHO),
             c2c_client: paths::ns_path(&lab.names.ctr[1]),
             c2c: SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port),
+            c2c_spin: SocketAddrV4::new(CONTAINER_IPS[0], paths::SPIN_ECHO.container_port),
         }
     }
 }
@@ -628,15 +684,17 @@ fn measure_all(slots: &mut [Slot], plan: &Plan) -> anyhow::Result<()> {
             );
         }
     }
-    let mut servers: Vec<&AcceptServer> = Vec::new();
+    let mut servers: Vec<&dyn Serve> = Vec::new();
     let mut parts: Vec<Part<'_>> = Vec::new();
     for (slot, t) in slots.iter_mut().zip(&targets) {
         let Slot {
             result,
             lab,
             server,
+            echo,
         } = slot;
-        servers.extend(server.as_ref());
+        servers.extend(server.as_ref().map(|s| s as &dyn Serve));
+        servers.extend(echo.as_ref().map(|s| s as &dyn Serve));
         parts.push((result, lab.as_mut(), t.as_ref()));
     }
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -646,19 +704,19 @@ fn measure_all(slots: &mut [Slot], plan: &Plan) -> anyhow::Result<()> {
             .collect();
         let measured = rounds(&mut parts, plan);
         for server in &servers {
-            server.stop.store(true, Ordering::Relaxed);
+            server.stop();
         }
         let mut served = Ok(());
-        for handle in serving {
+        for (handle, server) in serving.into_iter().zip(&servers) {
             let done = handle
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             if served.is_ok() {
-                served = done;
+                served = done.with_context(|| format!("{} failed", server.what()));
             }
         }
         measured?;
-        served.context("an accept-and-close server failed")?;
+        served?;
         Ok(())
     })
 }
@@ -836,6 +894,24 @@ fn measure_one(
                 record_rr(r, &pp, Metric::C2cRrOneCpu, None)
             ))
         }),
+        Metric::TcpRrSpin => attempt(result, Metric::TcpRrSpin, line, |r| {
+            let run = spin_ping_pong(&t.lan, t.spin, plan)?;
+            r.push(Metric::TcpRrSpin, run.per_second());
+            Ok(format!(
+                "RR spinning {:.0}/s (mean {:.1} µs)",
+                run.per_second(),
+                run.mean_rtt_us()
+            ))
+        }),
+        Metric::C2cRrSpin => attempt(result, Metric::C2cRrSpin, line, |r| {
+            let run = spin_ping_pong(&t.c2c_client, t.c2c_spin, plan)?;
+            r.push(Metric::C2cRrSpin, run.per_second());
+            Ok(format!(
+                "c2c RR spinning {:.0}/s (mean {:.1} µs)",
+                run.per_second(),
+                run.mean_rtt_us()
+            ))
+        }),
         _ => Ok(()),
     }
 }
@@ -924,7 +1000,8 @@ fn tcp_stream(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<f
 }
 
 fn udp_flood(lan: &Path, target: SocketAddrV4, plan: &Plan) -> anyhow::Result<load::UdpResult> {
-    let text = iperf3_client(lan, target, plan, &["-u", "-l", MESSAGE_BYTES, "-b", "0"])?;
+    let bytes = MESSAGE_BYTES.to_string();
+    let text = iperf3_client(lan, target, plan, &["-u", "-l", &bytes, "-b", "0"])?;
     load::parse_iperf3_udp(&text)
 }
 
@@ -935,10 +1012,11 @@ fn ping_pong(
     plan: &Plan,
     cpu: usize,
 ) -> anyhow::Result<load::PingPong> {
-    let (ip, port, secs) = (
+    let (ip, port, secs, bytes) = (
         target.ip().to_string(),
         target.port().to_string(),
         plan.sockperf_seconds.to_string(),
+        MESSAGE_BYTES.to_string(),
     );
     let limit = Duration::from_secs(u64::from(plan.sockperf_seconds) + 10);
     let out = load::run_client(
@@ -955,7 +1033,7 @@ fn ping_pong(
             "-t",
             &secs,
             "-m",
-            MESSAGE_BYTES,
+            &bytes,
             "--mps=max",
             "--full-rtt",
         ],
@@ -963,6 +1041,29 @@ fn ping_pong(
     )?;
     load::parse_sockperf_pingpong(&(out.stdout + &out.stderr))
         .with_context(|| format!("`{}`", out.shown))
+}
+
+/// A spinning request/response run from `client_ns` (on the client CPU) to the spinning echo
+/// server at `target`.
+fn spin_ping_pong(
+    client_ns: &Path,
+    target: SocketAddrV4,
+    plan: &Plan,
+) -> anyhow::Result<traffic::SpinRun> {
+    let run = traffic::spin_ping_pong(
+        client_ns,
+        CLIENT_CPU,
+        target,
+        MESSAGE_BYTES,
+        (SPIN_WARM_UP, plan.spin),
+        &INTERRUPTED,
+    )
+    .with_context(|| format!("spinning request/response to {target}"))?;
+    check_interrupt()?;
+    if run.transactions == 0 {
+        bail!("no round trip to {target} completed in {:?}", plan.spin);
+    }
+    Ok(run)
 }
 
 /// The counters of `netpath stats` that show which way the packets went, in this order.
@@ -1126,6 +1227,7 @@ impl Report {
                 Metric::TcpRrOneCpu,
                 bound(Metric::TcpRrOneCpu, per_transaction),
             ),
+            (Metric::TcpRrSpin, bound(Metric::TcpRrSpin, per_transaction)),
             (Metric::ConnRate, bound(Metric::ConnRate, per_connection)),
         ]
     }
@@ -1187,8 +1289,9 @@ impl Report {
         let _ = writeln!(
             out,
             "{} · Linux {} · {} ({} CPUs) · netpath {} · mode {} · {} repeats (iperf3 {} s, \
-             sockperf {} s, connect loops {} s) · servers on CPU {SERVER_CPU}, clients on CPU \
-             {CLIENT_CPU} (one-CPU rows: on CPU {SERVER_CPU} too)\n",
+             sockperf {} s, connect loops {} s, spinning request/response {} s after {} s \
+             uncounted) · servers on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU} (one-CPU rows: \
+             on CPU {SERVER_CPU} too)\n",
             m.date,
             m.kernel,
             m.cpu_model,
@@ -1198,7 +1301,9 @@ impl Report {
             p.repeats,
             p.iperf_seconds,
             p.sockperf_seconds,
-            p.connect.as_secs_f64()
+            p.connect.as_secs_f64(),
+            p.spin.as_secs_f64(),
+            SPIN_WARM_UP.as_secs_f64()
         );
         let _ = writeln!(out, "Command: `{}`\n", self.command);
         let _ = writeln!(
@@ -1348,7 +1453,12 @@ impl Report {
         let _ = writeln!(
             out,
             "\nThe one-CPU rows are diagnostics with no target: the client runs on the server's \
-             CPU, so no wake-up crosses CPUs and the round trip is mostly the paths' own work.\n"
+             CPU, so no wake-up crosses CPUs and the round trip is mostly the paths' own work. In \
+             the spinning rows client and server (the benchmark's own, `traffic.rs`) poll their \
+             sockets without sleeping, each on its own CPU, so no round trip waits for a CPU to \
+             wake up; sockperf's rows do, and where waking an idle CPU is slow (a VM without \
+             halt polling) that wait is most of their round trip, the same on every path. The \
+             request/response targets are judged on both.\n"
         );
         let bounds: Vec<String> = self
             .ratios_without_programs()
@@ -1511,6 +1621,8 @@ impl Report {
                 "repeats": p.repeats,
                 "iperf3_seconds": p.iperf_seconds,
                 "sockperf_seconds": p.sockperf_seconds,
+                "spinning_rr_seconds": p.spin.as_secs_f64(),
+                "spinning_rr_warm_up_seconds": SPIN_WARM_UP.as_secs_f64(),
                 "connect_seconds": p.connect.as_secs_f64(),
                 "server_cpu": SERVER_CPU,
                 "client_cpu": CLIENT_CPU,
@@ -1573,6 +1685,8 @@ mod tests {
                 (Metric::C2cP99, 60.0 / scale),
                 (Metric::TcpRrOneCpu, 50000.0 * scale),
                 (Metric::C2cRrOneCpu, 60000.0 * scale),
+                (Metric::TcpRrSpin, 70000.0 * scale),
+                (Metric::C2cRrSpin, 80000.0 * scale),
             ]
         };
         let mut proxy = result(PathKind::Proxy, &rates(0.5)[..3]);
@@ -1622,10 +1736,15 @@ mod tests {
         assert!((nft - 1.2 / 0.9).abs() < 1e-9);
         assert_eq!(r.ratio(Metric::UdpPps, PathKind::Proxy).value, None);
         let verdicts = r.verdicts();
-        assert_eq!(verdicts.len(), 5);
+        // Stream, RR, RR spinning, conn/s, UDP; c2c RR and c2c RR spinning.
+        assert_eq!(verdicts.len(), 7);
         // 1.2x meets every target except c2c's 1.3x; the one-CPU diagnostics have none.
         for (metric, _, ratio, met) in verdicts {
-            assert_eq!(met, metric != Metric::C2cRr, "{metric:?} {ratio:?}");
+            assert_eq!(
+                met,
+                !matches!(metric, Metric::C2cRr | Metric::C2cRrSpin),
+                "{metric:?} {ratio:?}"
+            );
         }
     }
 
@@ -1662,7 +1781,10 @@ mod tests {
         );
         let text = r.ratios_text();
         assert!(
-            text.contains("what faster programs alone could reach): TCP RR 1.23x; TCP RR, one CPU 1.28x; conn/s 1.30x"),
+            text.contains(
+                "what faster programs alone could reach): TCP RR 1.23x; TCP RR, one CPU 1.28x; \
+                 TCP RR, spinning 1.31x; conn/s 1.30x"
+            ),
             "{text}"
         );
         // Without the statistics runs there is nothing to take off: no bound, no line.
@@ -1716,6 +1838,18 @@ mod tests {
         );
         assert!(!md.contains("MET: TCP RR, one CPU"), "{md}");
         assert!(
+            md.contains("| TCP RR, spinning | 1.20x | 1.50x | 1.33x | n/a |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- MET: TCP RR, spinning netpath/routed 1.20x (target >= 1.10x)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- NOT MET: c2c RR, spinning netpath/plain bridge 1.20x (target >= 1.30x)"),
+            "{md}"
+        );
+        assert!(
             md.contains("statistics on (not in the tables): np_uplink 512 ns per run (1000 runs)"),
             "{md}"
         );
@@ -1737,7 +1871,11 @@ mod tests {
             js["ratios"]["netpath_over_userspace_proxy"]["udp64_received_pps"],
             json!(null)
         );
-        assert_eq!(js["verdicts"].as_array().map(Vec::len), Some(5));
+        assert_eq!(js["verdicts"].as_array().map(Vec::len), Some(7));
+        assert_eq!(
+            js["paths"]["routed"]["metrics"]["c2c_tcp_rr_spinning_per_s"]["median"],
+            json!(80000.0)
+        );
         assert_eq!(
             js["paths"]["netpath"]["program_ns_per_run"]["np_uplink"]["ns_per_run"],
             json!(512.0)

@@ -5,7 +5,8 @@
 //! userspace proxy per port (socat, like docker-proxy), or plain routing. The labs stand side
 //! by side, each in namespaces of its own ([`Names`]: `npcmp-<path>-host`, `-lan`, `-ctr1`,
 //! `-ctr2`, LAN 10.201.N.0/24), so the comparison can measure them in turns. The servers the
-//! measurements talk to (iperf3, sockperf) run in each lab's first container.
+//! measurements talk to (iperf3, sockperf, and the benchmark's own accept and echo servers of
+//! `traffic.rs`) listen in each lab's first container.
 //! [`Lab::teardown`] removes one lab; `Drop` does too, so every exit path (error, panic,
 //! Ctrl-C) cleans up; [`remove_leftovers`] removes what an earlier run left, old names too.
 use std::{
@@ -92,7 +93,13 @@ pub const SOCKPERF: Service = Service {
     container_port: 11111,
     host_port: 21111,
 };
-const SERVICES: [Service; 4] = [CONNECT, IPERF_TCP, IPERF_UDP, SOCKPERF];
+/// The spinning echo server of the no-wake-up request/response (`traffic::SpinEchoServer`).
+pub const SPIN_ECHO: Service = Service {
+    proto: Proto::Tcp,
+    container_port: 7007,
+    host_port: 17007,
+};
+const SERVICES: [Service; 5] = [CONNECT, IPERF_TCP, IPERF_UDP, SOCKPERF, SPIN_ECHO];
 
 /// The paths the benchmark compares, in the order it runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -952,7 +959,8 @@ mod tests {
         assert!(
             ruleset.contains(
                 "tcp . 8080 : 172.17.0.2 . 80, tcp . 15201 : 172.17.0.2 . 5201, \
-                              udp . 15201 : 172.17.0.2 . 5201, tcp . 21111 : 172.17.0.2 . 11111"
+                              udp . 15201 : 172.17.0.2 . 5201, tcp . 21111 : 172.17.0.2 . 11111, \
+                              tcp . 17007 : 172.17.0.2 . 7007"
             ),
             "{ruleset}"
         );

@@ -1,9 +1,10 @@
-//! Owns the benchmark's traffic: an accept-and-close TCP server and a connect-and-close client
-//! loop, each on its own thread pinned to one CPU. Sockets are made inside the namespace they
-//! belong to (through [`netns::in_netns`]); a listener keeps its namespace, so the server thread
-//! itself needs none.
+//! Owns the benchmark's own traffic: an accept-and-close TCP server with a connect-and-close
+//! client loop (new connections per second), and a spinning echo server with a spinning
+//! request/response client (round trips with no wake-up in them), each on its own thread pinned
+//! to one CPU. Sockets are made inside the namespace they belong to (through
+//! [`netns::in_netns`]); a listener keeps its namespace, so the server threads need none.
 use std::{
-    io,
+    io::{self, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     path::Path,
@@ -45,38 +46,69 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A server of this module: it serves on a thread pinned to one CPU until told to stop.
+pub trait Serve: Sync {
+    /// Serves on the calling thread, pinned to `cpu`, until [`Serve::stop`] (or `interrupted`).
+    fn serve(&self, cpu: usize, interrupted: &AtomicBool) -> io::Result<()>;
+    /// Makes [`Serve::serve`] return, within [`ACCEPT_POLL`].
+    fn stop(&self);
+    /// What the server is, for its errors.
+    fn what(&self) -> &'static str;
+}
+
 /// A TCP listener inside an endpoint's namespace that accepts connections and closes them at
 /// once, counting them.
 pub struct AcceptServer {
     listener: Socket,
     /// Connections accepted so far.
     pub accepted: AtomicU64,
-    /// Set to make [`AcceptServer::serve`] return within [`ACCEPT_POLL`].
-    pub stop: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// A TCP listener on `addr` inside the namespace at `netns_path` whose `accept` returns every
+/// [`ACCEPT_POLL`] at the latest, so its server loop can look at its stop flag.
+fn listen_in(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Socket> {
+    let listener = netns::in_netns(netns_path, || -> io::Result<Socket> {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::V4(addr).into())?;
+        socket.listen(BACKLOG)?;
+        Ok(socket)
+    })??;
+    // accept(2) honours SO_RCVTIMEO.
+    listener.set_read_timeout(Some(ACCEPT_POLL))?;
+    Ok(listener)
+}
+
+/// Whether an `accept` error only means "nothing yet" (or a connection that went away before it
+/// was accepted): the server loop goes on.
+fn accept_can_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted
+            // A client that resets its connection before accept returns is not the server's
+            // failure.
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 impl AcceptServer {
     /// Binds `addr` inside the namespace at `netns_path` and listens.
     pub fn bind(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Self> {
-        let listener = netns::in_netns(netns_path, || -> io::Result<Socket> {
-            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&SocketAddr::V4(addr).into())?;
-            socket.listen(BACKLOG)?;
-            Ok(socket)
-        })??;
-        // accept(2) honours SO_RCVTIMEO: the loop wakes up to look at `stop`.
-        listener.set_read_timeout(Some(ACCEPT_POLL))?;
         Ok(Self {
-            listener,
+            listener: listen_in(netns_path, addr)?,
             accepted: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
     }
+}
 
-    /// Accepts and closes connections on a thread pinned to `cpu` until `stop` is set (or
-    /// `interrupted` is). A failed accept other than the poll timeout ends the server.
-    pub fn serve(&self, cpu: usize, interrupted: &AtomicBool) -> io::Result<()> {
+impl Serve for AcceptServer {
+    /// Accepts and closes connections. A failed accept other than the poll timeout ends the
+    /// server.
+    fn serve(&self, cpu: usize, interrupted: &AtomicBool) -> io::Result<()> {
         pin_to_cpu(cpu)?;
         while !self.stop.load(Ordering::Relaxed) && !interrupted.load(Ordering::Relaxed) {
             match self.listener.accept() {
@@ -84,21 +116,215 @@ impl AcceptServer {
                     drop(conn);
                     self.accepted.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                            // The client resets each connection; one reset before accept
-                            // returns is not the server's failure.
-                            | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                Err(e) if accept_can_retry(&e) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(())
     }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn what(&self) -> &'static str {
+        "an accept-and-close server"
+    }
+}
+
+/// A TCP echo server inside an endpoint's namespace that never sleeps while a client is
+/// connected: it serves one connection at a time, polling its non-blocking socket in a loop on
+/// its CPU and sending back what it reads. A request then reaches a running server, not one
+/// that must be woken (on this kind of VM a wake-up of an idle CPU costs tens of
+/// microseconds, more than the whole path), so the round trip is the sockets', the TCP stacks'
+/// and the path's work alone. Between connections it waits in `accept` and uses no CPU.
+pub struct SpinEchoServer {
+    listener: Socket,
+    stop: AtomicBool,
+}
+
+impl SpinEchoServer {
+    /// Binds `addr` inside the namespace at `netns_path` and listens.
+    pub fn bind(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Self> {
+        Ok(Self {
+            listener: listen_in(netns_path, addr)?,
+            stop: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Serve for SpinEchoServer {
+    /// Serves connections one after the other. A failed accept other than the poll timeout
+    /// ends the server; a connection that fails ends only itself.
+    fn serve(&self, cpu: usize, interrupted: &AtomicBool) -> io::Result<()> {
+        pin_to_cpu(cpu)?;
+        let stopped = || self.stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed);
+        while !stopped() {
+            match self.listener.accept() {
+                // The client sees its own error if the echo breaks off.
+                Ok((conn, _)) => drop(echo_spinning(conn, &stopped)),
+                Err(e) if accept_can_retry(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn what(&self) -> &'static str {
+        "a spinning echo server"
+    }
+}
+
+/// Echoes everything `conn` receives until the peer closes it (or `stopped`), polling without
+/// ever blocking.
+fn echo_spinning(conn: Socket, stopped: &impl Fn() -> bool) -> io::Result<()> {
+    conn.set_tcp_nodelay(true)?;
+    conn.set_nonblocking(true)?;
+    let mut conn = std::net::TcpStream::from(conn);
+    let mut buf = [0u8; 4096];
+    while !stopped() {
+        match conn.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => write_spinning(&mut conn, &buf[..n], stopped)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` to a non-blocking stream, polling while its send buffer is full.
+fn write_spinning(
+    conn: &mut std::net::TcpStream,
+    mut data: &[u8],
+    stopped: &impl Fn() -> bool,
+) -> io::Result<()> {
+    while !data.is_empty() && !stopped() {
+        match conn.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// How long a spinning client waits for one reply before it gives up: far longer than any
+/// round trip here, long enough for TCP to retransmit a lost segment (its minimum timeout is
+/// 200 ms).
+const REPLY_LIMIT: Duration = Duration::from_secs(2);
+
+/// What one spinning request/response run did.
+#[derive(Debug, Clone)]
+pub struct SpinRun {
+    /// Round trips completed in the measured time (after the warm-up).
+    pub transactions: u64,
+    pub elapsed: Duration,
+}
+
+impl SpinRun {
+    /// Round trips per second.
+    pub fn per_second(&self) -> f64 {
+        self.transactions as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The mean round-trip time in microseconds.
+    pub fn mean_rtt_us(&self) -> f64 {
+        1e6 / self.per_second()
+    }
+}
+
+/// From inside the namespace at `netns_path`, on a thread pinned to `cpu`: one TCP connection
+/// (TCP_NODELAY) to a [`SpinEchoServer`] at `dial`, then `message_bytes`-byte requests, each
+/// sent once the previous reply is back whole, for `warm_up` uncounted and then `duration`
+/// counted. The client polls its non-blocking socket without sleeping, like the server, so no
+/// round trip waits for a CPU to wake up.
+pub fn spin_ping_pong(
+    netns_path: &Path,
+    cpu: usize,
+    dial: SocketAddrV4,
+    message_bytes: usize,
+    times: (Duration, Duration),
+    interrupted: &AtomicBool,
+) -> io::Result<SpinRun> {
+    netns::in_netns(netns_path, || {
+        spin_ping_pong_here(cpu, dial, message_bytes, times, interrupted)
+    })?
+}
+
+/// [`spin_ping_pong`] in the calling thread's namespace.
+fn spin_ping_pong_here(
+    cpu: usize,
+    dial: SocketAddrV4,
+    message_bytes: usize,
+    (warm_up, duration): (Duration, Duration),
+    interrupted: &AtomicBool,
+) -> io::Result<SpinRun> {
+    pin_to_cpu(cpu)?;
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.connect_timeout(&SocketAddr::V4(dial).into(), CONNECT_TIMEOUT)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    let mut conn = std::net::TcpStream::from(socket);
+    let request = vec![0x6eu8; message_bytes];
+    let mut reply = vec![0u8; message_bytes];
+    let round_trip = |conn: &mut std::net::TcpStream, reply: &mut [u8]| -> io::Result<()> {
+        let stopped = || interrupted.load(Ordering::Relaxed);
+        write_spinning(conn, &request, &stopped)?;
+        let (mut got, sent_at) = (0, Instant::now());
+        while got < reply.len() {
+            match conn.read(&mut reply[got..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{dial} closed the connection mid-reply"),
+                    ));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if stopped() {
+                        return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+                    }
+                    if sent_at.elapsed() > REPLY_LIMIT {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no reply from {dial} within {REPLY_LIMIT:?}"),
+                        ));
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    let warm_start = Instant::now();
+    while warm_start.elapsed() < warm_up {
+        round_trip(&mut conn, &mut reply)?;
+    }
+    let (mut transactions, start) = (0, Instant::now());
+    while start.elapsed() < duration {
+        round_trip(&mut conn, &mut reply)?;
+        transactions += 1;
+    }
+    let elapsed = start.elapsed();
+    if reply != request {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{dial} answered with other bytes than it was sent"),
+        ));
+    }
+    Ok(SpinRun {
+        transactions,
+        elapsed,
+    })
 }
 
 /// What one connect loop did.
@@ -220,6 +446,58 @@ fn parse_netstat(text: &str, group: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spinning_client_and_echo_server_complete_round_trips_on_loopback() {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        listener
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        listener.listen(1).unwrap();
+        listener.set_read_timeout(Some(ACCEPT_POLL)).unwrap();
+        let Some(SocketAddr::V4(addr)) = listener.local_addr().unwrap().as_socket() else {
+            panic!("not an IPv4 listener");
+        };
+        let server = SpinEchoServer {
+            listener,
+            stop: AtomicBool::new(false),
+        };
+        let interrupted = AtomicBool::new(false);
+        // Each side spins on a CPU of its own where there are two.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let (server_cpu, client_cpu) = (0, usize::from(cpus > 1));
+        let (run, served) = std::thread::scope(|s| {
+            let serving = s.spawn(|| server.serve(server_cpu, &interrupted));
+            let times = (Duration::from_millis(20), Duration::from_millis(200));
+            let run = spin_ping_pong_here(client_cpu, addr, 64, times, &interrupted);
+            server.stop();
+            (run, serving.join().expect("the server thread"))
+        });
+        served.expect("the server ends cleanly once stopped");
+        let run = run.expect("the round trips succeed");
+        assert!(run.transactions > 0, "{run:?}");
+        assert!(run.elapsed >= Duration::from_millis(200), "{run:?}");
+        assert!((run.per_second() * run.mean_rtt_us() - 1e6).abs() < 1e-3);
+    }
+
+    #[test]
+    fn spinning_client_reports_a_refused_connection() {
+        // A listener that is never accepted from and then closed: its port refuses.
+        let port = {
+            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let times = (Duration::ZERO, Duration::from_millis(10));
+        let e = spin_ping_pong_here(
+            0,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            64,
+            times,
+            &AtomicBool::new(false),
+        )
+        .expect_err("nothing listens");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
 
     #[test]
     fn netstat_counter_is_found_by_name() {
