@@ -153,6 +153,10 @@ pub enum Metric {
     /// targets are shown against these rows too.
     TcpRrSpin,
     C2cRrSpin,
+    /// The spinning request/response over loopback inside the first container (client and
+    /// server in one namespace): both TCP stacks and no path but loopback, a floor for the
+    /// container-to-container rows. Measured once per round, in the routed lab.
+    C2cSpinFloor,
 }
 
 impl Metric {
@@ -166,12 +170,13 @@ impl Metric {
         Metric::ConnRate,
         Metric::UdpPps,
     ];
-    const C2C: [Metric; 5] = [
+    const C2C: [Metric; 6] = [
         Metric::C2cRr,
         Metric::C2cP50,
         Metric::C2cP99,
         Metric::C2cRrOneCpu,
         Metric::C2cRrSpin,
+        Metric::C2cSpinFloor,
     ];
     /// The published-port rates the ratios (and, but for the diagnostic, targets) are about.
     const RATES: [Metric; 6] = [
@@ -185,7 +190,7 @@ impl Metric {
     /// The container-to-container rates, against the plain bridge and Docker's bridge.
     const C2C_RATES: [Metric; 3] = [Metric::C2cRr, Metric::C2cRrOneCpu, Metric::C2cRrSpin];
     /// Every metric a round measures, in the order it measures them.
-    const MEASURED: [Metric; 9] = [
+    const MEASURED: [Metric; 10] = [
         Metric::TcpStream,
         Metric::TcpRr,
         Metric::TcpRrOneCpu,
@@ -195,10 +200,20 @@ impl Metric {
         Metric::C2cRr,
         Metric::C2cRrOneCpu,
         Metric::C2cRrSpin,
+        Metric::C2cSpinFloor,
     ];
 
     fn is_c2c(self) -> bool {
         Metric::C2C.contains(&self)
+    }
+
+    /// Whether a round measures this metric on `kind`'s path.
+    fn measured_on(self, kind: PathKind) -> bool {
+        match self {
+            Metric::C2cSpinFloor => kind == PathKind::Routed,
+            m if m.is_c2c() => measures_c2c(kind),
+            _ => true,
+        }
     }
 
     fn key(self) -> &'static str {
@@ -216,6 +231,7 @@ impl Metric {
             Metric::C2cRrOneCpu => "c2c_tcp_rr_one_cpu_per_s",
             Metric::TcpRrSpin => "tcp_rr_spinning_per_s",
             Metric::C2cRrSpin => "c2c_tcp_rr_spinning_per_s",
+            Metric::C2cSpinFloor => "c2c_tcp_rr_spinning_loopback_floor_per_s",
         }
     }
 
@@ -236,6 +252,9 @@ impl Metric {
             Metric::TcpRrSpin | Metric::C2cRrSpin => {
                 "  the same, client and server spinning on their CPUs (no wake-up at all)"
             }
+            Metric::C2cSpinFloor => {
+                "  the same over loopback inside the first container (no path but loopback: a floor)"
+            }
         }
     }
 
@@ -250,6 +269,7 @@ impl Metric {
             Metric::C2cRrOneCpu => "c2c RR, one CPU",
             Metric::TcpRrSpin => "TCP RR, spinning",
             Metric::C2cRrSpin => "c2c RR, spinning",
+            Metric::C2cSpinFloor => "c2c RR, spinning, loopback floor",
             Metric::TcpRrP50 | Metric::C2cP50 => "RTT p50",
             Metric::TcpRrP99 | Metric::C2cP99 => "RTT p99",
         }
@@ -263,7 +283,8 @@ impl Metric {
             | Metric::TcpRrOneCpu
             | Metric::C2cRrOneCpu
             | Metric::TcpRrSpin
-            | Metric::C2cRrSpin => "trans/s",
+            | Metric::C2cRrSpin
+            | Metric::C2cSpinFloor => "trans/s",
             Metric::TcpRrP50 | Metric::TcpRrP99 | Metric::C2cP50 | Metric::C2cP99 => "µs",
             Metric::ConnRate => "conn/s",
             Metric::UdpPps => "pkt/s",
@@ -641,6 +662,10 @@ struct Targets {
     c2c_client: std::path::PathBuf,
     c2c: SocketAddrV4,
     c2c_spin: SocketAddrV4,
+    /// The floor: the first container's namespace and its own spinning echo server over
+    /// loopback.
+    floor_client: std::path::PathBuf,
+    floor: SocketAddrV4,
 }
 
 impl Targets {
@@ -656,6 +681,8 @@ impl Targets {
             c2c_client: paths::ns_path(&lab.names.ctr[1]),
             c2c: SocketAddrV4::new(CONTAINER_IPS[0], paths::SOCKPERF.container_port),
             c2c_spin: SocketAddrV4::new(CONTAINER_IPS[0], paths::SPIN_ECHO.container_port),
+            floor_client: paths::ns_path(&lab.names.ctr[0]),
+            floor: SocketAddrV4::new(Ipv4Addr::LOCALHOST, paths::SPIN_ECHO.container_port),
         }
     }
 }
@@ -782,7 +809,7 @@ fn rounds(parts: &mut [Part<'_>], plan: &Plan) -> anyhow::Result<()> {
                 let (Some(lab), Some(t)) = (lab, t) else {
                     continue;
                 };
-                if metric.is_c2c() && !measures_c2c(lab.kind) {
+                if !metric.measured_on(lab.kind) {
                     continue;
                 }
                 measure_one(result, lab, t, metric, plan, &mut lines[i])?;
@@ -908,6 +935,15 @@ fn measure_one(
             r.push(Metric::C2cRrSpin, run.per_second());
             Ok(format!(
                 "c2c RR spinning {:.0}/s (mean {:.1} µs)",
+                run.per_second(),
+                run.mean_rtt_us()
+            ))
+        }),
+        Metric::C2cSpinFloor => attempt(result, Metric::C2cSpinFloor, line, |r| {
+            let run = spin_ping_pong(&t.floor_client, t.floor, plan)?;
+            r.push(Metric::C2cSpinFloor, run.per_second());
+            Ok(format!(
+                "loopback floor spinning {:.0}/s (mean {:.1} µs)",
                 run.per_second(),
                 run.mean_rtt_us()
             ))
@@ -1199,6 +1235,15 @@ impl Report {
         rows
     }
 
+    /// The loopback floor's spinning rate over the plain bridge's (both measured in the routed
+    /// lab): what a container-to-container path costing no more than loopback would gain over
+    /// the bridge.
+    fn floor_over_bridge(&self) -> Option<f64> {
+        let floor = self.median(PathKind::Routed, Metric::C2cSpinFloor)?;
+        let bridge = self.median(PathKind::Routed, Metric::C2cRrSpin)?;
+        (bridge > 0.0).then(|| floor / bridge)
+    }
+
     /// netpath/routed as it would be if netpath's TC programs took no time: netpath's median
     /// time per transaction (or connection) less the programs' time in one, measured in the
     /// extra runs with statistics on. The rest of netpath's time is the kernel's own work
@@ -1261,13 +1306,12 @@ impl Report {
             let _ = write!(out, "| {} | {} |", metric.label(), metric.unit());
             for &(kind, _) in columns {
                 let r = self.result(kind);
+                // A metric this path does not measure is blank, not failed.
+                let failed = metric.measured_on(kind) && r.is_none_or(|r| !r.errors.is_empty());
                 let _ = write!(
                     out,
                     " {} |",
-                    cell(
-                        r.and_then(|r| r.summary(metric)),
-                        r.is_none_or(|r| !r.errors.is_empty())
-                    )
+                    cell(r.and_then(|r| r.summary(metric)), failed)
                 );
             }
             out.push('\n');
@@ -1450,6 +1494,15 @@ impl Report {
                 shown(&c2c[1])
             );
         }
+        if let Some(floor) = self.floor_over_bridge() {
+            let _ = writeln!(
+                out,
+                "\nThe floor: spinning over loopback inside one container is {floor:.2}x the plain \
+                 bridge's spinning round trip rate: what a container-to-container path costing \
+                 no more than loopback would reach (netpath: {}).",
+                shown(&self.ratio(Metric::C2cRrSpin, PathKind::Routed))
+            );
+        }
         let _ = writeln!(
             out,
             "\nThe one-CPU rows are diagnostics with no target: the client runs on the server's \
@@ -1605,6 +1658,10 @@ impl Report {
             "netpath_over_routed_without_program_time".into(),
             json!(without_programs),
         );
+        ratios.insert(
+            "c2c_loopback_floor_over_plain_bridge".into(),
+            json!({ Metric::C2cRrSpin.key(): self.floor_over_bridge() }),
+        );
         let verdicts: Vec<serde_json::Value> = self
             .verdicts()
             .into_iter()
@@ -1694,6 +1751,9 @@ mod tests {
             .errors
             .push((Metric::UdpPps.key().into(), "timed out".into()));
         let mut netpath = result(PathKind::Netpath, &rates(1.2));
+        let mut floor = rates(1.0);
+        floor.push((Metric::C2cSpinFloor, 100000.0));
+        let routed = result(PathKind::Routed, &floor);
         netpath.program_cost = Some(vec![ProgramCost {
             name: "np_uplink".into(),
             runs: 1000,
@@ -1713,7 +1773,7 @@ mod tests {
             },
             results: vec![
                 netpath,
-                result(PathKind::Routed, &rates(1.0)),
+                routed,
                 result(PathKind::Iptables, &rates(0.8)),
                 result(PathKind::Nftables, &rates(0.9)),
                 proxy,
@@ -1849,6 +1909,21 @@ mod tests {
             md.contains("- NOT MET: c2c RR, spinning netpath/plain bridge 1.20x (target >= 1.30x)"),
             "{md}"
         );
+        // The floor is measured in the routed lab only: blank elsewhere, not failed.
+        assert!(
+            md.contains(
+                "(no path but loopback: a floor) | trans/s | – | 100000 (90000–110000) | – |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "The floor: spinning over loopback inside one container is 1.25x the plain \
+                 bridge's spinning round trip rate: what a container-to-container path costing \
+                 no more than loopback would reach (netpath: 1.20x)."
+            ),
+            "{md}"
+        );
         assert!(
             md.contains("statistics on (not in the tables): np_uplink 512 ns per run (1000 runs)"),
             "{md}"
@@ -1875,6 +1950,10 @@ mod tests {
         assert_eq!(
             js["paths"]["routed"]["metrics"]["c2c_tcp_rr_spinning_per_s"]["median"],
             json!(80000.0)
+        );
+        assert_eq!(
+            js["ratios"]["c2c_loopback_floor_over_plain_bridge"]["c2c_tcp_rr_spinning_per_s"],
+            json!(1.25)
         );
         assert_eq!(
             js["paths"]["netpath"]["program_ns_per_run"]["np_uplink"]["ns_per_run"],
