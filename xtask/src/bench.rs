@@ -18,6 +18,7 @@ mod paths;
 mod prog_cost;
 mod report;
 mod scale_iptables;
+mod steal;
 mod traffic;
 
 use std::{
