@@ -1013,33 +1013,22 @@ fn measure_one(
             let shown = record_rr(r, &pp, [Metric::C2cRr, Metric::C2cP50, Metric::C2cP99]);
             Ok(format!("c2c ({}) RR {shown}", c2c_title(lab.kind)))
         }),
-        Metric::TcpRrSpin => attempt(result, Metric::TcpRrSpin, line, |r| {
-            let run = spin_ping_pong(&t.lan, t.spin, plan)?;
-            r.push(Metric::TcpRrSpin, run.per_second());
-            Ok(format!(
-                "RR spinning {:.0}/s (mean {:.1} µs)",
-                run.per_second(),
-                run.mean_rtt_us()
-            ))
-        }),
-        Metric::C2cRrSpin => attempt(result, Metric::C2cRrSpin, line, |r| {
-            let run = spin_ping_pong(&t.c2c_client, t.c2c_spin, plan)?;
-            r.push(Metric::C2cRrSpin, run.per_second());
-            Ok(format!(
-                "c2c RR spinning {:.0}/s (mean {:.1} µs)",
-                run.per_second(),
-                run.mean_rtt_us()
-            ))
-        }),
-        Metric::C2cSpinFloor => attempt(result, Metric::C2cSpinFloor, line, |r| {
-            let run = spin_ping_pong(&t.floor_client, t.floor, plan)?;
-            r.push(Metric::C2cSpinFloor, run.per_second());
-            Ok(format!(
-                "loopback floor spinning {:.0}/s (mean {:.1} µs)",
-                run.per_second(),
-                run.mean_rtt_us()
-            ))
-        }),
+        Metric::TcpRrSpin | Metric::C2cRrSpin | Metric::C2cSpinFloor => {
+            attempt(result, metric, line, |r| {
+                let (client, target, what) = match metric {
+                    Metric::TcpRrSpin => (&t.lan, t.spin, "RR spinning"),
+                    Metric::C2cRrSpin => (&t.c2c_client, t.c2c_spin, "c2c RR spinning"),
+                    _ => (&t.floor_client, t.floor, "loopback floor spinning"),
+                };
+                let run = spin_ping_pong(client, target, plan)?;
+                r.push(metric, run.per_second());
+                Ok(format!(
+                    "{what} {:.0}/s (mean {:.1} µs)",
+                    run.per_second(),
+                    run.mean_rtt_us()
+                ))
+            })
+        }
         _ => Ok(()),
     }
 }

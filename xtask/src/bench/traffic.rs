@@ -56,28 +56,55 @@ pub trait Serve: Sync {
     fn what(&self) -> &'static str;
 }
 
-/// A TCP listener inside an endpoint's namespace that accepts connections and closes them at
-/// once, counting them.
-pub struct AcceptServer {
-    listener: Socket,
-    /// Connections accepted so far.
-    pub accepted: AtomicU64,
+/// A TCP listener inside an endpoint's namespace, with the flag that stops its accept loop.
+struct Listener {
+    socket: Socket,
     stop: AtomicBool,
 }
 
-/// A TCP listener on `addr` inside the namespace at `netns_path` whose `accept` returns every
-/// [`ACCEPT_POLL`] at the latest, so its server loop can look at its stop flag.
-fn listen_in(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Socket> {
-    let listener = netns::in_netns(netns_path, || -> io::Result<Socket> {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddr::V4(addr).into())?;
-        socket.listen(BACKLOG)?;
-        Ok(socket)
-    })??;
-    // accept(2) honours SO_RCVTIMEO.
-    listener.set_read_timeout(Some(ACCEPT_POLL))?;
-    Ok(listener)
+impl Listener {
+    /// Binds `addr` inside the namespace at `netns_path` and listens; `accept` returns every
+    /// [`ACCEPT_POLL`] at the latest, so the loop can look at its stop flag.
+    fn bind(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Self> {
+        let socket = netns::in_netns(netns_path, || -> io::Result<Socket> {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&SocketAddr::V4(addr).into())?;
+            socket.listen(BACKLOG)?;
+            Ok(socket)
+        })??;
+        // accept(2) honours SO_RCVTIMEO.
+        socket.set_read_timeout(Some(ACCEPT_POLL))?;
+        Ok(Self {
+            socket,
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Accepts on the calling thread, pinned to `cpu`, until stopped (or `interrupted`),
+    /// handing each connection to `serve_one` with the test that says the loop should end. A
+    /// failed accept other than "nothing yet" ends the loop with its error.
+    fn accept_loop(
+        &self,
+        cpu: usize,
+        interrupted: &AtomicBool,
+        mut serve_one: impl FnMut(Socket, &dyn Fn() -> bool),
+    ) -> io::Result<()> {
+        pin_to_cpu(cpu)?;
+        let stopped = || self.stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed);
+        while !stopped() {
+            match self.socket.accept() {
+                Ok((conn, _)) => serve_one(conn, &stopped),
+                Err(e) if accept_can_retry(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Whether an `accept` error only means "nothing yet" (or a connection that went away before it
@@ -94,37 +121,35 @@ fn accept_can_retry(e: &io::Error) -> bool {
     )
 }
 
+/// A TCP listener inside an endpoint's namespace that accepts connections and closes them at
+/// once, counting them.
+pub struct AcceptServer {
+    listener: Listener,
+    /// Connections accepted so far.
+    pub accepted: AtomicU64,
+}
+
 impl AcceptServer {
     /// Binds `addr` inside the namespace at `netns_path` and listens.
     pub fn bind(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Self> {
         Ok(Self {
-            listener: listen_in(netns_path, addr)?,
+            listener: Listener::bind(netns_path, addr)?,
             accepted: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
         })
     }
 }
 
 impl Serve for AcceptServer {
-    /// Accepts and closes connections. A failed accept other than the poll timeout ends the
-    /// server.
+    /// Accepts and closes connections.
     fn serve(&self, cpu: usize, interrupted: &AtomicBool) -> io::Result<()> {
-        pin_to_cpu(cpu)?;
-        while !self.stop.load(Ordering::Relaxed) && !interrupted.load(Ordering::Relaxed) {
-            match self.listener.accept() {
-                Ok((conn, _)) => {
-                    drop(conn);
-                    self.accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) if accept_can_retry(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.listener.accept_loop(cpu, interrupted, |conn, _| {
+            drop(conn);
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.listener.stop();
     }
 
     fn what(&self) -> &'static str {
@@ -139,39 +164,30 @@ impl Serve for AcceptServer {
 /// microseconds, more than the whole path), so the round trip is the sockets', the TCP stacks'
 /// and the path's work alone. Between connections it waits in `accept` and uses no CPU.
 pub struct SpinEchoServer {
-    listener: Socket,
-    stop: AtomicBool,
+    listener: Listener,
 }
 
 impl SpinEchoServer {
     /// Binds `addr` inside the namespace at `netns_path` and listens.
     pub fn bind(netns_path: &Path, addr: SocketAddrV4) -> io::Result<Self> {
         Ok(Self {
-            listener: listen_in(netns_path, addr)?,
-            stop: AtomicBool::new(false),
+            listener: Listener::bind(netns_path, addr)?,
         })
     }
 }
 
 impl Serve for SpinEchoServer {
-    /// Serves connections one after the other. A failed accept other than the poll timeout
-    /// ends the server; a connection that fails ends only itself.
+    /// Serves connections one after the other; a connection that fails ends only itself (its
+    /// client sees its own error).
     fn serve(&self, cpu: usize, interrupted: &AtomicBool) -> io::Result<()> {
-        pin_to_cpu(cpu)?;
-        let stopped = || self.stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed);
-        while !stopped() {
-            match self.listener.accept() {
-                // The client sees its own error if the echo breaks off.
-                Ok((conn, _)) => drop(echo_spinning(conn, &stopped)),
-                Err(e) if accept_can_retry(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.listener
+            .accept_loop(cpu, interrupted, |conn, stopped| {
+                drop(echo_spinning(conn, stopped))
+            })
     }
 
     fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.listener.stop();
     }
 
     fn what(&self) -> &'static str {
@@ -181,7 +197,7 @@ impl Serve for SpinEchoServer {
 
 /// Echoes everything `conn` receives until the peer closes it (or `stopped`), polling without
 /// ever blocking.
-fn echo_spinning(conn: Socket, stopped: &impl Fn() -> bool) -> io::Result<()> {
+fn echo_spinning(conn: Socket, stopped: &dyn Fn() -> bool) -> io::Result<()> {
     conn.set_tcp_nodelay(true)?;
     conn.set_nonblocking(true)?;
     let mut conn = std::net::TcpStream::from(conn);
@@ -202,7 +218,7 @@ fn echo_spinning(conn: Socket, stopped: &impl Fn() -> bool) -> io::Result<()> {
 fn write_spinning(
     conn: &mut std::net::TcpStream,
     mut data: &[u8],
-    stopped: &impl Fn() -> bool,
+    stopped: &dyn Fn() -> bool,
 ) -> io::Result<()> {
     while !data.is_empty() && !stopped() {
         match conn.write(data) {
@@ -449,18 +465,20 @@ mod tests {
 
     #[test]
     fn spinning_client_and_echo_server_complete_round_trips_on_loopback() {
-        let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        listener
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket
             .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
             .unwrap();
-        listener.listen(1).unwrap();
-        listener.set_read_timeout(Some(ACCEPT_POLL)).unwrap();
-        let Some(SocketAddr::V4(addr)) = listener.local_addr().unwrap().as_socket() else {
+        socket.listen(1).unwrap();
+        socket.set_read_timeout(Some(ACCEPT_POLL)).unwrap();
+        let Some(SocketAddr::V4(addr)) = socket.local_addr().unwrap().as_socket() else {
             panic!("not an IPv4 listener");
         };
         let server = SpinEchoServer {
-            listener,
-            stop: AtomicBool::new(false),
+            listener: Listener {
+                socket,
+                stop: AtomicBool::new(false),
+            },
         };
         let interrupted = AtomicBool::new(false);
         // Each side spins on a CPU of its own where there are two.
