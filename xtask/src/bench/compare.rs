@@ -175,7 +175,7 @@ impl Metric {
         Metric::C2cRrSpin,
         Metric::C2cSpinFloor,
     ];
-    /// The published-port rates the ratios (and, but for the diagnostic, targets) are about.
+    /// The published-port rates the ratios and targets are about.
     const RATES: [Metric; 5] = [
         Metric::TcpStream,
         Metric::TcpRr,
@@ -656,7 +656,7 @@ impl Slot {
                     "cannot start the spinning echo server in {}: {e}",
                     server_ns.display()
                 );
-                for metric in [Metric::TcpRrSpin, Metric::C2cRrSpin] {
+                for metric in [Metric::TcpRrSpin, Metric::C2cRrSpin, Metric::C2cSpinFloor] {
                     result.errors.push((metric.key().into(), why.clone()));
                 }
                 None
@@ -727,13 +727,15 @@ fn measure_all(slots: &mut [Slot], plan: &Plan) -> anyhow::Result<()> {
     for (slot, t) in slots.iter().zip(&targets) {
         if let (Some(lab), Some(t)) = (&slot.lab, t) {
             println!(
-                "# {}: from {} ({}) on CPU {CLIENT_CPU}: iperf3 to {}, sockperf to {}, connect \
-                 loop to {} (accept-and-close server in {}), iperf3 -u to {}",
+                "# {}: from {} ({}) on CPU {CLIENT_CPU}: iperf3 to {}, sockperf to {}, spinning \
+                 request/response to {}, connect loop to {} (accept-and-close and spinning echo \
+                 servers in {}), iperf3 -u to {}",
                 lab.kind.title(),
                 lab.names.lan,
                 t.lan_ip,
                 t.stream,
                 t.rr,
+                t.spin,
                 t.conn,
                 lab.names.ctr[0],
                 t.udp
@@ -904,20 +906,21 @@ struct Kept {
 
 /// Runs `measure` on `state` (it returns the share of CPU time the host took meanwhile). A run
 /// during which the host took more than [`steal::DISTURBED`] (its vCPUs stopped, whatever the
-/// path) is run once more from the state before it, after `settle`, unless `can_retry` says
-/// no (a failed measurement is not retried); of the two runs the one with less steal stays in
-/// `state`. Notes for the round's `line` say what happened.
+/// path) is run once more from the state before it, after `settle`; of the two runs the one
+/// with less steal stays in `state`. `succeeded` tells whether the run in `state` measured
+/// anything: a failed first run is not retried, a failed second run never preferred. Notes for
+/// the round's `line` say what happened.
 fn keep_less_disturbed<S: Clone>(
     state: &mut S,
     line: &mut Vec<String>,
     mut measure: impl FnMut(&mut S, &mut Vec<String>) -> anyhow::Result<Option<f64>>,
-    can_retry: impl Fn(&S) -> bool,
+    succeeded: impl Fn(&S) -> bool,
     settle: impl FnOnce(),
 ) -> anyhow::Result<Kept> {
     let before = state.clone();
     let first = measure(state, line)?;
     let disturbed = match first {
-        Some(share) if share > steal::DISTURBED && can_retry(state) => share,
+        Some(share) if share > steal::DISTURBED && succeeded(state) => share,
         _ => {
             return Ok(Kept {
                 steal: first,
@@ -932,13 +935,17 @@ fn keep_less_disturbed<S: Clone>(
     let first_state = std::mem::replace(state, before);
     settle();
     let second = measure(state, line)?;
-    if second.is_some_and(|share| share <= disturbed) {
+    let why = if !succeeded(state) {
+        "the second failed"
+    } else if second.is_some_and(|share| share <= disturbed) {
         return Ok(Kept {
             steal: second,
             measured_again: true,
         });
-    }
-    line.push("(the first run kept: less steal)".into());
+    } else {
+        "less steal"
+    };
+    line.push(format!("(the first run kept: {why})"));
     *state = first_state;
     Ok(Kept {
         steal: first,
@@ -2060,20 +2067,21 @@ mod tests {
         assert!(report().svg().contains("</svg>"));
     }
 
-    /// Runs [`keep_less_disturbed`] on a list of measured values with the given steal per run;
-    /// returns what it kept, the values left in the state and the round's notes.
-    fn keep(steals: &[Option<f64>], can_retry: bool) -> (Kept, Vec<u32>, Vec<String>) {
+    /// Runs [`keep_less_disturbed`] on a state of measured values, run `n` adding `n` (or 0 if
+    /// the run fails, as `fails[n - 1]` says) with the given steal; returns what it kept, the
+    /// values left in the state and the round's notes.
+    fn keep(steals: &[Option<f64>], fails: &[bool]) -> (Kept, Vec<u32>, Vec<String>) {
         let (mut state, mut line, mut runs, mut settled) = (vec![7], Vec::new(), 0, false);
         let kept = keep_less_disturbed(
             &mut state,
             &mut line,
             |s, line| {
                 runs += 1;
-                s.push(runs);
+                s.push(if fails[runs as usize - 1] { 0 } else { runs });
                 line.push(format!("run {runs}"));
                 Ok(steals[runs as usize - 1])
             },
-            |_| can_retry,
+            |s| !s.contains(&0),
             || settled = true,
         )
         .expect("no error");
@@ -2083,7 +2091,7 @@ mod tests {
 
     #[test]
     fn a_quiet_run_is_kept_as_it_is() {
-        let (kept, state, line) = keep(&[Some(0.01)], true);
+        let (kept, state, line) = keep(&[Some(0.01)], &[false]);
         assert_eq!(
             kept,
             Kept {
@@ -2093,12 +2101,12 @@ mod tests {
         );
         assert_eq!((state, line), (vec![7, 1], vec!["run 1".to_string()]));
         // Without a steal figure there is nothing to judge: kept too.
-        assert!(!keep(&[None], true).0.measured_again);
+        assert!(!keep(&[None], &[false]).0.measured_again);
     }
 
     #[test]
     fn a_disturbed_run_is_run_again_and_the_one_with_less_steal_kept() {
-        let (kept, state, line) = keep(&[Some(0.10), Some(0.02)], true);
+        let (kept, state, line) = keep(&[Some(0.10), Some(0.02)], &[false, false]);
         assert_eq!(
             kept,
             Kept {
@@ -2116,7 +2124,7 @@ mod tests {
                 "run 2"
             ]
         );
-        let (kept, state, line) = keep(&[Some(0.05), Some(0.20)], true);
+        let (kept, state, line) = keep(&[Some(0.05), Some(0.20)], &[false, false]);
         assert_eq!(
             kept,
             Kept {
@@ -2132,13 +2140,27 @@ mod tests {
     }
 
     #[test]
-    fn a_run_that_may_not_be_retried_is_kept_disturbed() {
-        let (kept, state, _) = keep(&[Some(0.5)], false);
+    fn a_failed_run_is_neither_retried_nor_preferred() {
+        let (kept, state, _) = keep(&[Some(0.5)], &[true]);
         assert_eq!(
             kept,
             Kept {
                 steal: Some(0.5),
                 measured_again: false
+            }
+        );
+        assert_eq!(state, vec![7, 0]);
+        // A quieter second run that failed loses to the disturbed first that measured.
+        let (kept, state, line) = keep(&[Some(0.5), Some(0.01)], &[false, true]);
+        assert_eq!(
+            line.last().map(String::as_str),
+            Some("(the first run kept: the second failed)")
+        );
+        assert_eq!(
+            kept,
+            Kept {
+                steal: Some(0.5),
+                measured_again: true
             }
         );
         assert_eq!(state, vec![7, 1]);
