@@ -151,7 +151,11 @@ pub enum Metric {
     /// wake-up, so it is the sockets', the stacks' and the path's work alone. The request/response
     /// targets are shown against these rows too.
     TcpRrSpin,
+    TcpSpinP50,
+    TcpSpinP99,
     C2cRrSpin,
+    C2cSpinP50,
+    C2cSpinP99,
     /// The spinning request/response over loopback inside the first container (client and
     /// server in one namespace): both TCP stacks and no path but loopback, a floor for the
     /// container-to-container rows. Measured once per round, in the routed lab.
@@ -159,20 +163,24 @@ pub enum Metric {
 }
 
 impl Metric {
-    const PUBLISHED: [Metric; 7] = [
+    const PUBLISHED: [Metric; 9] = [
         Metric::TcpStream,
         Metric::TcpRr,
         Metric::TcpRrP50,
         Metric::TcpRrP99,
         Metric::TcpRrSpin,
+        Metric::TcpSpinP50,
+        Metric::TcpSpinP99,
         Metric::ConnRate,
         Metric::UdpPps,
     ];
-    const C2C: [Metric; 5] = [
+    const C2C: [Metric; 7] = [
         Metric::C2cRr,
         Metric::C2cP50,
         Metric::C2cP99,
         Metric::C2cRrSpin,
+        Metric::C2cSpinP50,
+        Metric::C2cSpinP99,
         Metric::C2cSpinFloor,
     ];
     /// The published-port rates the ratios and targets are about.
@@ -222,7 +230,11 @@ impl Metric {
             Metric::C2cP50 => "c2c_tcp_rr_rtt_p50_us",
             Metric::C2cP99 => "c2c_tcp_rr_rtt_p99_us",
             Metric::TcpRrSpin => "tcp_rr_spinning_per_s",
+            Metric::TcpSpinP50 => "tcp_rr_spinning_rtt_p50_us",
+            Metric::TcpSpinP99 => "tcp_rr_spinning_rtt_p99_us",
             Metric::C2cRrSpin => "c2c_tcp_rr_spinning_per_s",
+            Metric::C2cSpinP50 => "c2c_tcp_rr_spinning_rtt_p50_us",
+            Metric::C2cSpinP99 => "c2c_tcp_rr_spinning_rtt_p99_us",
             Metric::C2cSpinFloor => "c2c_tcp_rr_spinning_loopback_floor_per_s",
         }
     }
@@ -241,6 +253,8 @@ impl Metric {
             Metric::TcpRrSpin | Metric::C2cRrSpin => {
                 "  the same, client and server spinning on their CPUs (no wake-up at all)"
             }
+            Metric::TcpSpinP50 | Metric::C2cSpinP50 => "    its round trip p50",
+            Metric::TcpSpinP99 | Metric::C2cSpinP99 => "    its round trip p99",
             Metric::C2cSpinFloor => {
                 "  the same over loopback inside the first container (no path but loopback: a floor)"
             }
@@ -259,6 +273,8 @@ impl Metric {
             Metric::C2cSpinFloor => "c2c RR, spinning, loopback floor",
             Metric::TcpRrP50 | Metric::C2cP50 => "RTT p50",
             Metric::TcpRrP99 | Metric::C2cP99 => "RTT p99",
+            Metric::TcpSpinP50 | Metric::C2cSpinP50 => "spinning RTT p50",
+            Metric::TcpSpinP99 | Metric::C2cSpinP99 => "spinning RTT p99",
         }
     }
 
@@ -270,7 +286,14 @@ impl Metric {
             | Metric::TcpRrSpin
             | Metric::C2cRrSpin
             | Metric::C2cSpinFloor => "trans/s",
-            Metric::TcpRrP50 | Metric::TcpRrP99 | Metric::C2cP50 | Metric::C2cP99 => "µs",
+            Metric::TcpRrP50
+            | Metric::TcpRrP99
+            | Metric::C2cP50
+            | Metric::C2cP99
+            | Metric::TcpSpinP50
+            | Metric::TcpSpinP99
+            | Metric::C2cSpinP50
+            | Metric::C2cSpinP99 => "µs",
             Metric::ConnRate => "conn/s",
             Metric::UdpPps => "pkt/s",
         }
@@ -1022,17 +1045,33 @@ fn measure_one(
         }),
         Metric::TcpRrSpin | Metric::C2cRrSpin | Metric::C2cSpinFloor => {
             attempt(result, metric, line, |r| {
-                let (client, target, what) = match metric {
-                    Metric::TcpRrSpin => (&t.lan, t.spin, "RR spinning"),
-                    Metric::C2cRrSpin => (&t.c2c_client, t.c2c_spin, "c2c RR spinning"),
-                    _ => (&t.floor_client, t.floor, "loopback floor spinning"),
+                let (client, target, what, percentiles) = match metric {
+                    Metric::TcpRrSpin => (
+                        &t.lan,
+                        t.spin,
+                        "RR spinning",
+                        Some((Metric::TcpSpinP50, Metric::TcpSpinP99)),
+                    ),
+                    Metric::C2cRrSpin => (
+                        &t.c2c_client,
+                        t.c2c_spin,
+                        "c2c RR spinning",
+                        Some((Metric::C2cSpinP50, Metric::C2cSpinP99)),
+                    ),
+                    _ => (&t.floor_client, t.floor, "loopback floor spinning", None),
                 };
                 let run = spin_ping_pong(client, target, plan)?;
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
                 r.push(metric, run.per_second());
+                if let Some((p50, p99)) = percentiles {
+                    r.push(p50, us(run.p50));
+                    r.push(p99, us(run.p99));
+                }
                 Ok(format!(
-                    "{what} {:.0}/s (mean {:.1} µs)",
+                    "{what} {:.0}/s (p50 {:.1} µs, p99 {:.1} µs)",
                     run.per_second(),
-                    run.mean_rtt_us()
+                    us(run.p50),
+                    us(run.p99)
                 ))
             })
         }
@@ -1832,7 +1871,11 @@ mod tests {
                 (Metric::C2cP50, 30.0 / scale),
                 (Metric::C2cP99, 60.0 / scale),
                 (Metric::TcpRrSpin, 70000.0 * scale),
+                (Metric::TcpSpinP50, 12.0 / scale),
+                (Metric::TcpSpinP99, 20.0 / scale),
                 (Metric::C2cRrSpin, 80000.0 * scale),
+                (Metric::C2cSpinP50, 11.0 / scale),
+                (Metric::C2cSpinP99, 18.0 / scale),
             ]
         };
         let mut proxy = result(PathKind::Proxy, &rates(0.5)[..3]);
@@ -2006,6 +2049,10 @@ mod tests {
         );
         assert!(
             md.contains("- NOT MET: c2c RR, spinning netpath/plain bridge 1.20x (target >= 1.30x)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("|     its round trip p50 | µs | 10.0 (9.00–11.0) | 12.0 (10.8–13.2) |"),
             "{md}"
         );
         // The floor is measured in the routed lab only: blank elsewhere, not failed.

@@ -242,17 +242,15 @@ pub struct SpinRun {
     /// Round trips completed in the measured time (after the warm-up).
     pub transactions: u64,
     pub elapsed: Duration,
+    /// The median and 99th percentile round trip, send to whole reply (nearest rank).
+    pub p50: Duration,
+    pub p99: Duration,
 }
 
 impl SpinRun {
     /// Round trips per second.
     pub fn per_second(&self) -> f64 {
         self.transactions as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// The mean round-trip time in microseconds.
-    pub fn mean_rtt_us(&self) -> f64 {
-        1e6 / self.per_second()
     }
 }
 
@@ -290,10 +288,12 @@ fn spin_ping_pong_here(
     let mut conn = std::net::TcpStream::from(socket);
     let request = vec![0x6eu8; message_bytes];
     let mut reply = vec![0u8; message_bytes];
-    let round_trip = |conn: &mut std::net::TcpStream, reply: &mut [u8]| -> io::Result<()> {
+    // Each round trip's time, from just before the request is written to the reply's last byte.
+    let round_trip = |conn: &mut std::net::TcpStream, reply: &mut [u8]| -> io::Result<Duration> {
         let stopped = || interrupted.load(Ordering::Relaxed);
+        let sent_at = Instant::now();
         write_spinning(conn, &request, &stopped)?;
-        let (mut got, sent_at) = (0, Instant::now());
+        let mut got = 0;
         while got < reply.len() {
             match conn.read(&mut reply[got..]) {
                 Ok(0) => {
@@ -319,16 +319,15 @@ fn spin_ping_pong_here(
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(sent_at.elapsed())
     };
     let warm_start = Instant::now();
     while warm_start.elapsed() < warm_up {
         round_trip(&mut conn, &mut reply)?;
     }
-    let (mut transactions, start) = (0, Instant::now());
+    let (mut times, start) = (Vec::new(), Instant::now());
     while start.elapsed() < duration {
-        round_trip(&mut conn, &mut reply)?;
-        transactions += 1;
+        times.push(round_trip(&mut conn, &mut reply)?);
     }
     let elapsed = start.elapsed();
     if reply != request {
@@ -337,10 +336,23 @@ fn spin_ping_pong_here(
             format!("{dial} answered with other bytes than it was sent"),
         ));
     }
+    times.sort_unstable();
     Ok(SpinRun {
-        transactions,
+        transactions: times.len() as u64,
         elapsed,
+        p50: nearest_rank(&times, 0.50),
+        p99: nearest_rank(&times, 0.99),
     })
+}
+
+/// The `p` quantile (0 < p <= 1) of `sorted` by nearest rank: the smallest value with at least
+/// that share of the values at or below it. Zero for no values.
+fn nearest_rank(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// What one connect loop did.
@@ -495,7 +507,19 @@ mod tests {
         let run = run.expect("the round trips succeed");
         assert!(run.transactions > 0, "{run:?}");
         assert!(run.elapsed >= Duration::from_millis(200), "{run:?}");
-        assert!((run.per_second() * run.mean_rtt_us() - 1e6).abs() < 1e-3);
+        assert!(Duration::ZERO < run.p50 && run.p50 <= run.p99, "{run:?}");
+    }
+
+    #[test]
+    fn quantiles_are_taken_by_nearest_rank() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let sorted: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(nearest_rank(&sorted, 0.50), ms(50));
+        assert_eq!(nearest_rank(&sorted, 0.99), ms(99));
+        assert_eq!(nearest_rank(&sorted, 1.0), ms(100));
+        assert_eq!(nearest_rank(&[ms(7)], 0.99), ms(7));
+        assert_eq!(nearest_rank(&[ms(1), ms(2), ms(3)], 0.5), ms(2));
+        assert_eq!(nearest_rank(&[], 0.5), Duration::ZERO);
     }
 
     #[test]
