@@ -75,8 +75,8 @@ struct Plan {
     /// sockperf `-t` (its first 0.4 s are a warm-up it does not count).
     sockperf_seconds: u32,
     connect: Duration,
-    /// Each spinning request/response run, after its [`SPIN_WARM_UP`]. Shorter than
-    /// sockperf's: with no wake-ups its rounds vary little.
+    /// Each spinning request/response run, after its [`SPIN_WARM_UP`]. Shorter than sockperf's,
+    /// to keep the default run under ten minutes with three spinning rows a round.
     spin: Duration,
 }
 
@@ -383,8 +383,12 @@ impl StealRecord {
                 "kept_max_share": self.kept_max, "kept_above_limit": self.kept_disturbed })
     }
 
-    fn kept(&mut self, share: Option<f64>) {
-        let Some(share) = share else {
+    /// Records the run [`keep_less_disturbed`] kept.
+    fn record(&mut self, kept: Kept) {
+        if kept.measured_again {
+            self.measured_again += 1;
+        }
+        let Some(share) = kept.steal else {
             return;
         };
         self.kept += 1;
@@ -866,7 +870,17 @@ fn rounds(parts: &mut [Part<'_>], plan: &Plan) -> anyhow::Result<()> {
                 if !metric.measured_on(lab.kind) {
                     continue;
                 }
-                measure_undisturbed(result, lab, t, metric, plan, &mut lines[i])?;
+                // Run again if the host disturbed it; the kept run's steal goes in the report.
+                let kept = keep_less_disturbed(
+                    &mut **result,
+                    &mut lines[i],
+                    |r, line| with_steal(|| measure_one(r, lab, t, metric, plan, line)),
+                    |r| !r.failed(metric),
+                    || {
+                        lab.settle(SETTLE_LIMIT);
+                    },
+                )?;
+                result.steal.record(kept);
                 // The next path starts once this lab's servers and proxies are idle again.
                 let waited = lab.settle(SETTLE_LIMIT);
                 if waited >= Duration::from_millis(200) {
@@ -889,32 +903,6 @@ fn rounds(parts: &mut [Part<'_>], plan: &Plan) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// One run of `metric` on one path, as [`measure_one`], run again when the host disturbed it
-/// ([`keep_less_disturbed`]); the steal of the kept run is recorded for the report.
-fn measure_undisturbed(
-    result: &mut PathResult,
-    lab: &Lab,
-    t: &Targets,
-    metric: Metric,
-    plan: &Plan,
-    line: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let kept = keep_less_disturbed(
-        result,
-        line,
-        |r, line| with_steal(|| measure_one(r, lab, t, metric, plan, line)),
-        |r| !r.failed(metric),
-        || {
-            lab.settle(SETTLE_LIMIT);
-        },
-    )?;
-    if kept.measured_again {
-        result.steal.measured_again += 1;
-    }
-    result.steal.kept(kept.steal);
     Ok(())
 }
 
@@ -1313,18 +1301,22 @@ impl Report {
         self.result(kind)?.summary(metric).map(|s| s.median)
     }
 
+    /// One path's median of one metric over another's (`None` if either is missing or the
+    /// divisor is not positive).
+    fn median_over(
+        &self,
+        (kind, metric): (PathKind, Metric),
+        by: (PathKind, Metric),
+    ) -> Option<f64> {
+        let (n, d) = (self.median(kind, metric)?, self.median(by.0, by.1)?);
+        (d > 0.0).then(|| n / d)
+    }
+
     fn ratio(&self, metric: Metric, other: PathKind) -> Ratio {
-        let value = match (
-            self.median(PathKind::Netpath, metric),
-            self.median(other, metric),
-        ) {
-            (Some(n), Some(o)) if o > 0.0 => Some(n / o),
-            _ => None,
-        };
         Ratio {
             metric,
             other,
-            value,
+            value: self.median_over((PathKind::Netpath, metric), (other, metric)),
         }
     }
 
@@ -1358,9 +1350,10 @@ impl Report {
     /// lab): what a container-to-container path costing no more than loopback would gain over
     /// the bridge.
     fn floor_over_bridge(&self) -> Option<f64> {
-        let floor = self.median(PathKind::Routed, Metric::C2cSpinFloor)?;
-        let bridge = self.median(PathKind::Routed, Metric::C2cRrSpin)?;
-        (bridge > 0.0).then(|| floor / bridge)
+        self.median_over(
+            (PathKind::Routed, Metric::C2cSpinFloor),
+            (PathKind::Routed, Metric::C2cRrSpin),
+        )
     }
 
     /// netpath/routed as it would be if netpath's TC programs took no time: netpath's median
@@ -1883,15 +1876,21 @@ mod tests {
             .errors
             .push((Metric::UdpPps.key().into(), "timed out".into()));
         let mut netpath = result(PathKind::Netpath, &rates(1.2));
-        for share in [0.01, 0.041, 0.002] {
-            netpath.steal.kept(Some(share));
+        for (share, measured_again) in [(0.01, true), (0.041, true), (0.002, false)] {
+            netpath.steal.record(Kept {
+                steal: Some(share),
+                measured_again,
+            });
         }
-        netpath.steal.measured_again = 2;
         let mut floor = rates(1.0);
         floor.push((Metric::C2cSpinFloor, 100000.0));
         let mut routed = result(PathKind::Routed, &floor);
-        routed.steal.kept(Some(0.004));
-        routed.steal.kept(None);
+        for steal in [Some(0.004), None] {
+            routed.steal.record(Kept {
+                steal,
+                measured_again: false,
+            });
+        }
         netpath.program_cost = Some(vec![ProgramCost {
             name: "np_uplink".into(),
             runs: 1000,
