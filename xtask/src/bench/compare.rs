@@ -1264,6 +1264,17 @@ struct Report {
     results: Vec<PathResult>,
 }
 
+/// One target's verdict (see [`Report::verdicts`]).
+struct TargetVerdict {
+    metric: Metric,
+    target: f64,
+    /// netpath's median over routed's (container to container: the plain bridge's).
+    ratio: Option<f64>,
+    met: bool,
+    /// (rounds whose own ratio reached the target, rounds), where every round measured both.
+    rounds_at_target: Option<(usize, usize)>,
+}
+
 /// Median with min and max, as a table cell.
 fn cell(summary: Option<Summary>, failed: bool) -> String {
     match summary {
@@ -1385,17 +1396,50 @@ impl Report {
         ]
     }
 
-    /// Target verdicts: (metric, target, measured ratio, met).
-    fn verdicts(&self) -> Vec<(Metric, f64, Option<f64>, bool)> {
+    /// The verdict on each target: decided on the ratio of the medians (the issue's one-run
+    /// ratio), with how many rounds reached the target on their own.
+    fn verdicts(&self) -> Vec<TargetVerdict> {
         Metric::RATES
             .iter()
             .chain(&Metric::C2C_RATES)
-            .filter_map(|&m| {
-                let target = m.target()?;
-                let ratio = self.ratio(m, PathKind::Routed).value;
-                Some((m, target, ratio, ratio.is_some_and(|r| r >= target)))
+            .filter_map(|&metric| {
+                let target = metric.target()?;
+                let ratio = self.ratio(metric, PathKind::Routed).value;
+                Some(TargetVerdict {
+                    metric,
+                    target,
+                    ratio,
+                    met: ratio.is_some_and(|r| r >= target),
+                    rounds_at_target: self.rounds_at_target(metric, target),
+                })
             })
             .collect()
+    }
+
+    /// In how many rounds netpath's measurement of `metric` was at least `target` times
+    /// routed's (container to container: the plain bridge's, measured in the routed lab) of the
+    /// same round: (rounds at or above, rounds). Only when both measured every round, so their
+    /// values pair up round by round. Within one run the rounds of a path move by more than
+    /// the targets' margins on a shared machine; this says how firmly the run decided.
+    fn rounds_at_target(&self, metric: Metric, target: f64) -> Option<(usize, usize)> {
+        let values = |kind: PathKind| {
+            self.result(kind)?
+                .samples
+                .iter()
+                .find(|(m, _)| *m == metric)
+                .map(|(_, v)| v.as_slice())
+        };
+        let (netpath, routed) = (values(PathKind::Netpath)?, values(PathKind::Routed)?);
+        let rounds = self.plan.repeats;
+        if netpath.len() != rounds || routed.len() != rounds {
+            return None;
+        }
+        let at_target = netpath
+            .iter()
+            .zip(routed)
+            .filter(|&(&n, &r)| r > 0.0 && n / r >= target)
+            .count();
+        Some((at_target, rounds))
     }
 
     /// Writes one markdown table to `out`: a row for each of `metrics`, a column for each of
@@ -1651,18 +1695,22 @@ impl Report {
             out,
             "Targets (issue 6; published port vs routed, c2c vs plain bridge):\n"
         );
-        for (metric, target, ratio, met) in self.verdicts() {
-            let against = if metric.is_c2c() {
+        for v in self.verdicts() {
+            let against = if v.metric.is_c2c() {
                 "netpath/plain bridge"
             } else {
                 "netpath/routed"
             };
+            let rounds = v.rounds_at_target.map_or(String::new(), |(at, of)| {
+                format!("; {at} of {of} rounds at or above it on their own")
+            });
             let _ = writeln!(
                 out,
-                "- {}: {} {against} {} (target >= {target:.2}x)",
-                if met { "MET" } else { "NOT MET" },
-                metric.short(),
-                ratio.map_or("n/a".into(), |r| format!("{r:.2}x"))
+                "- {}: {} {against} {} (target >= {:.2}x{rounds})",
+                if v.met { "MET" } else { "NOT MET" },
+                v.metric.short(),
+                v.ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+                v.target,
             );
         }
         out
@@ -1787,9 +1835,11 @@ impl Report {
         let verdicts: Vec<serde_json::Value> = self
             .verdicts()
             .into_iter()
-            .map(|(metric, target, ratio, met)| {
-                json!({ "metric": metric.key(), "against": if metric.is_c2c() { "plain_bridge" } else { "routed" },
-                        "target": target, "ratio": ratio, "met": met })
+            .map(|v| {
+                json!({ "metric": v.metric.key(), "against": if v.metric.is_c2c() { "plain_bridge" } else { "routed" },
+                        "target": v.target, "ratio": v.ratio, "met": v.met,
+                        "rounds_at_target": v.rounds_at_target.map(|(at, _)| at),
+                        "rounds": v.rounds_at_target.map(|(_, of)| of) })
             })
             .collect();
         json!({
@@ -1936,13 +1986,86 @@ mod tests {
         // Stream, RR, RR spinning, conn/s, UDP; c2c RR and c2c RR spinning.
         assert_eq!(verdicts.len(), 7);
         // 1.2x meets every target except c2c's 1.3x.
-        for (metric, _, ratio, met) in verdicts {
+        for v in verdicts {
             assert_eq!(
-                met,
-                !matches!(metric, Metric::C2cRr | Metric::C2cRrSpin),
-                "{metric:?} {ratio:?}"
+                v.met,
+                !matches!(v.metric, Metric::C2cRr | Metric::C2cRrSpin),
+                "{:?} {:?}",
+                v.metric,
+                v.ratio
             );
         }
+    }
+
+    /// Sets one path's values of `metric`, one per round.
+    fn set_rounds(r: &mut Report, kind: PathKind, metric: Metric, values: &[f64]) {
+        let result = r.results.iter_mut().find(|p| p.kind == kind).expect("path");
+        result.samples.retain(|(m, _)| *m != metric);
+        result.samples.push((metric, values.to_vec()));
+    }
+
+    #[test]
+    fn verdicts_count_the_rounds_that_reached_the_target_on_their_own() {
+        let mut r = report();
+        r.plan = Plan::new(Options {
+            quick: true,
+            repeats: Some(3),
+        });
+        // Round by round 1.20x, 1.00x and 1.15x: the medians give 1.15x (met), and two of
+        // the three rounds reached 1.10x on their own.
+        set_rounds(
+            &mut r,
+            PathKind::Netpath,
+            Metric::TcpRrSpin,
+            &[120.0, 100.0, 115.0],
+        );
+        set_rounds(
+            &mut r,
+            PathKind::Routed,
+            Metric::TcpRrSpin,
+            &[100.0, 100.0, 100.0],
+        );
+        // A round routed failed to measure: its values no longer pair up with netpath's.
+        set_rounds(
+            &mut r,
+            PathKind::Routed,
+            Metric::ConnRate,
+            &[8000.0, 8000.0],
+        );
+        let verdicts = r.verdicts();
+        let of = |metric: Metric| {
+            verdicts
+                .iter()
+                .find(|v| v.metric == metric)
+                .expect("verdict")
+        };
+        let spin = of(Metric::TcpRrSpin);
+        assert!(spin.met);
+        assert_eq!(spin.rounds_at_target, Some((2, 3)));
+        assert_eq!(of(Metric::TcpStream).rounds_at_target, Some((3, 3)));
+        assert_eq!(of(Metric::C2cRrSpin).rounds_at_target, Some((0, 3)));
+        assert_eq!(of(Metric::ConnRate).rounds_at_target, None);
+        let md = r.markdown();
+        assert!(
+            md.contains(
+                "- MET: TCP RR, spinning netpath/routed 1.15x (target >= 1.10x; 2 of 3 rounds \
+                 at or above it on their own)"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- MET: conn/s netpath/routed 1.20x (target >= 1.10x)\n"),
+            "{md}"
+        );
+        let js = r.json();
+        let spin_js = js["verdicts"]
+            .as_array()
+            .expect("verdicts")
+            .iter()
+            .find(|v| v["metric"] == json!(Metric::TcpRrSpin.key()))
+            .expect("spinning verdict");
+        assert_eq!(spin_js["rounds_at_target"], json!(2));
+        assert_eq!(spin_js["rounds"], json!(3));
     }
 
     #[test]
