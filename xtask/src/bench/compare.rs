@@ -424,11 +424,16 @@ impl PathResult {
         }
     }
 
-    fn summary(&self, metric: Metric) -> Option<Summary> {
+    /// The values measured of `metric`, one per round that measured it, in round order.
+    fn values(&self, metric: Metric) -> Option<&[f64]> {
         self.samples
             .iter()
             .find(|(m, _)| *m == metric)
-            .and_then(|(_, v)| Summary::of(v))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn summary(&self, metric: Metric) -> Option<Summary> {
+        self.values(metric).and_then(Summary::of)
     }
 
     fn failed(&self, metric: Metric) -> bool {
@@ -1422,13 +1427,7 @@ impl Report {
     /// values pair up round by round. Within one run the rounds of a path move by more than
     /// the targets' margins on a shared machine; this says how firmly the run decided.
     fn rounds_at_target(&self, metric: Metric, target: f64) -> Option<(usize, usize)> {
-        let values = |kind: PathKind| {
-            self.result(kind)?
-                .samples
-                .iter()
-                .find(|(m, _)| *m == metric)
-                .map(|(_, v)| v.as_slice())
-        };
+        let values = |kind: PathKind| self.result(kind)?.values(metric);
         let (netpath, routed) = (values(PathKind::Netpath)?, values(PathKind::Routed)?);
         let rounds = self.plan.repeats;
         if netpath.len() != rounds || routed.len() != rounds {
